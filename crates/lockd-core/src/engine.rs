@@ -36,6 +36,10 @@ impl Now {
     }
 }
 
+/// What an operation answers, and what it changed whether it succeeded or not:
+/// a failed operation may still have swept expired leases or taken over grants.
+pub type Outcome<T> = (Result<T, LockError>, Effects);
+
 /// Who calls an operation: the daemon that owns the waiters it may take grants for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller<'a> {
@@ -158,10 +162,19 @@ impl Resource {
 
     /// Whether a request in `mode` may join the current holders.
     fn admits(&self, mode: LockMode) -> bool {
-        self.holders.values().all(|h| mode.is_compatible_with(h.mode))
+        self.holders
+            .values()
+            .all(|h| mode.is_compatible_with(h.mode))
     }
 
-    fn grant(&mut self, now: Now, mode: LockMode, ttl_ms: u64, max_renewals: u32, client_id: String) -> Holder {
+    fn grant(
+        &mut self,
+        now: Now,
+        mode: LockMode,
+        ttl_ms: u64,
+        max_renewals: u32,
+        client_id: String,
+    ) -> Holder {
         Holder {
             mode,
             client_id,
@@ -214,7 +227,9 @@ impl Resource {
         for secret in mine {
             self.inbox.remove(&secret);
             if let Some(h) = self.holders.get(&secret) {
-                effects.my_grants.push((secret.clone(), h.lease(&secret, resource)));
+                effects
+                    .my_grants
+                    .push((secret.clone(), h.lease(&secret, resource)));
             }
         }
         if !self.queue.is_empty() {
@@ -258,7 +273,7 @@ impl Engine {
         resource: &str,
         caller: &Caller<'_>,
         op: impl FnOnce(&mut Resource, &mut Effects) -> Result<T, LockError>,
-    ) -> Result<(T, Effects), LockError> {
+    ) -> Outcome<T> {
         let mut effects = Effects::default();
         let state = self.resources.entry(resource.to_owned()).or_default();
         state.sweep(now, &mut effects);
@@ -268,7 +283,7 @@ impl Engine {
         if state.is_idle(now) {
             self.resources.remove(resource);
         }
-        result.map(|value| (value, effects))
+        (result, effects)
     }
 
     /// Grants at once, queues, or reports busy. `secret` becomes the lease's
@@ -280,11 +295,17 @@ impl Engine {
         secret: &str,
         caller: &Caller<'_>,
         max_queue: u64,
-    ) -> Result<(AcquireOutcome, Effects), LockError> {
+    ) -> Outcome<AcquireOutcome> {
         self.with_resource(now, &spec.resource, caller, |r, effects| {
             r.promote(now, effects);
             if r.queue.is_empty() && r.admits(spec.mode) {
-                let holder = r.grant(now, spec.mode, spec.ttl_ms, spec.max_renewals, spec.client_id.clone());
+                let holder = r.grant(
+                    now,
+                    spec.mode,
+                    spec.ttl_ms,
+                    spec.max_renewals,
+                    spec.client_id.clone(),
+                );
                 let lease = holder.lease(secret, &spec.resource);
                 r.holders.insert(secret.to_owned(), holder);
                 effects.events.push(Event::Granted(spec.mode));
@@ -314,7 +335,8 @@ impl Engine {
                     client_id: spec.client_id.clone(),
                 },
             );
-            r.daemons.insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
+            r.daemons
+                .insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
             effects.events.push(Event::Enqueued);
             let queue_length = r.queue.len() as u64;
             Ok(AcquireOutcome::Queued {
@@ -332,9 +354,10 @@ impl Engine {
         resource: &str,
         secrets: &[String],
         caller: &Caller<'_>,
-    ) -> Result<(SyncOutcome, Effects), LockError> {
+    ) -> Outcome<SyncOutcome> {
         self.with_resource(now, resource, caller, |r, effects| {
-            r.daemons.insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
+            r.daemons
+                .insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
             r.promote(now, effects);
             let states = secrets
                 .iter()
@@ -359,7 +382,7 @@ impl Engine {
         resource: &str,
         secret: &str,
         caller: &Caller<'_>,
-    ) -> Result<(LeaveOutcome, Effects), LockError> {
+    ) -> Outcome<LeaveOutcome> {
         self.with_resource(now, resource, caller, |r, effects| {
             if let Some(w) = r.waiters.remove(secret) {
                 r.queue.remove(&w.seq);
@@ -386,7 +409,7 @@ impl Engine {
         lock: &LockId,
         client_id: &str,
         caller: &Caller<'_>,
-    ) -> Result<(Lease, Effects), LockError> {
+    ) -> Outcome<Lease> {
         self.with_resource(now, &lock.resource, caller, |r, effects| {
             let h = r.holders.get(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
@@ -412,14 +435,16 @@ impl Engine {
         client_id: &str,
         ttl_ms: Option<u64>,
         caller: &Caller<'_>,
-    ) -> Result<(Lease, Effects), LockError> {
+    ) -> Outcome<Lease> {
         self.with_resource(now, &lock.resource, caller, |r, _| {
             let h = r.holders.get_mut(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
                 return Err(LockError::NotOwner);
             }
             if h.max_renewals > 0 && h.renewals >= h.max_renewals {
-                return Err(LockError::RenewalLimit { max: h.max_renewals });
+                return Err(LockError::RenewalLimit {
+                    max: h.max_renewals,
+                });
             }
             let ttl = ttl_ms.unwrap_or(h.ttl_ms);
             h.ttl_ms = ttl;
@@ -482,30 +507,20 @@ impl Engine {
                     .map(move |(s, h)| h.lease(s, name))
             })
             .collect();
-        leases.sort_by(|a, b| (a.acquired_at_ms, &a.resource).cmp(&(b.acquired_at_ms, &b.resource)));
+        leases
+            .sort_by(|a, b| (a.acquired_at_ms, &a.resource).cmp(&(b.acquired_at_ms, &b.resource)));
         leases
     }
 
-    /// Forgets resources whose every lease and waiter has ended, as Redis key
-    /// expiry does for the Redis store, and reports what ended.
-    pub fn sweep_idle(&mut self, now: Now, caller: &Caller<'_>) -> Effects {
+    /// Ends expired leases everywhere and forgets idle resources, as Redis key
+    /// expiry does for the Redis store. Grants are left to the waiters' own
+    /// syncs. Returns what ended, for statistics.
+    pub fn sweep_idle(&mut self, now: Now) -> Effects {
         let mut effects = Effects::default();
-        self.resources.retain(|name, r| {
+        self.resources.retain(|_, r| {
             r.sweep(now, &mut effects);
-            r.promote(now, &mut effects);
-            r.finish(now, name, caller, &mut effects);
             !r.is_idle(now)
         });
-        effects.next_expiry_in_ms = None;
         effects
-    }
-
-    /// Resources that have waiters, for the daemon's periodic checks.
-    pub fn resources_with_waiters(&self) -> Vec<String> {
-        self.resources
-            .iter()
-            .filter(|(_, r)| !r.queue.is_empty())
-            .map(|(n, _)| n.clone())
-            .collect()
     }
 }

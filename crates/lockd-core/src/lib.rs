@@ -6,6 +6,7 @@
 //! - [`lease`]: leases, waiters, and the outcomes both lock stores report.
 //! - [`engine`]: the reference engine, lock state in memory; `lockd --dev` serves
 //!   it and the Redis store's Lua scripts follow it rule for rule.
+//! - [`stats`]: statistics deltas and totals.
 //! - [`error`]: [`LockError`], which the daemon maps to gRPC status codes.
 
 pub mod engine;
@@ -13,9 +14,10 @@ pub mod error;
 pub mod lease;
 pub mod lock_id;
 pub mod mode;
+pub mod stats;
 pub mod validate;
 
-pub use engine::{Caller, Engine, Now};
+pub use engine::{Caller, Engine, Now, Outcome};
 pub use error::LockError;
 pub use lease::{
     AcquireOutcome, AcquireSpec, Effects, Event, HoldEnd, Lease, LeaveOutcome, QueueView,
@@ -23,4 +25,5 @@ pub use lease::{
 };
 pub use lock_id::LockId;
 pub use mode::LockMode;
+pub use stats::{Stats, StatsDelta};
 pub use validate::Limits;

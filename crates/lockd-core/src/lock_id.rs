@@ -59,7 +59,13 @@ mod tests {
 
     #[test]
     fn round_trips_any_valid_resource() {
-        for resource in ["a", "orders/42", "{weird}.name", "ünï code", &"x".repeat(512)] {
+        for resource in [
+            "a",
+            "orders/42",
+            "{weird}.name",
+            "ünï code",
+            &"x".repeat(512),
+        ] {
             let id = LockId::generate(resource);
             assert_eq!(id.secret.len(), SECRET_LEN);
             assert_eq!(LockId::parse(&id.encode()), Some(id));
@@ -73,7 +79,14 @@ mod tests {
 
     #[test]
     fn junk_is_not_a_lock_id() {
-        for junk in ["", "nope", "a.b", "....", "AAAAAAAAAAAAAAAAAAAAAA.", "AAAAAAAAAAAAAAAAAAAAAA.!!"] {
+        for junk in [
+            "",
+            "nope",
+            "a.b",
+            "....",
+            "AAAAAAAAAAAAAAAAAAAAAA.",
+            "AAAAAAAAAAAAAAAAAAAAAA.!!",
+        ] {
             assert_eq!(LockId::parse(junk), None, "{junk:?}");
         }
     }

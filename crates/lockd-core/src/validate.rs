@@ -178,11 +178,23 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let limits = Limits::default();
-        assert_eq!(field_of(limits.acquire_spec(&raw("", "c")).unwrap_err()), "resource");
+        assert_eq!(
+            field_of(limits.acquire_spec(&raw("", "c")).unwrap_err()),
+            "resource"
+        );
         let long = "x".repeat(513);
-        assert_eq!(field_of(limits.acquire_spec(&raw(&long, "c")).unwrap_err()), "resource");
-        assert_eq!(field_of(limits.acquire_spec(&raw("a\nb", "c")).unwrap_err()), "resource");
-        assert_eq!(field_of(limits.acquire_spec(&raw("r", "")).unwrap_err()), "client_id");
+        assert_eq!(
+            field_of(limits.acquire_spec(&raw(&long, "c")).unwrap_err()),
+            "resource"
+        );
+        assert_eq!(
+            field_of(limits.acquire_spec(&raw("a\nb", "c")).unwrap_err()),
+            "resource"
+        );
+        assert_eq!(
+            field_of(limits.acquire_spec(&raw("r", "")).unwrap_err()),
+            "client_id"
+        );
         let long_client = "c".repeat(257);
         assert_eq!(
             field_of(limits.acquire_spec(&raw("r", &long_client)).unwrap_err()),
@@ -196,7 +208,10 @@ mod tests {
         assert_eq!(field_of(limits.acquire_spec(&r).unwrap_err()), "ttl_ms");
         let mut r = raw("r", "c");
         r.wait_timeout_ms = Some(limits.max_wait_ms + 1);
-        assert_eq!(field_of(limits.acquire_spec(&r).unwrap_err()), "wait_timeout_ms");
+        assert_eq!(
+            field_of(limits.acquire_spec(&r).unwrap_err()),
+            "wait_timeout_ms"
+        );
         assert_eq!(field_of(lock_id("").unwrap_err()), "lock_id");
     }
 

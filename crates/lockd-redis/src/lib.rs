@@ -1,1 +1,22 @@
-//! placeholder
+//! The Redis lock store of lockd.
+//!
+//! Every change of lock state is one Lua script (`lua/`, loaded once and run
+//! by SHA) that reads the clock from the Redis server and touches the keys of
+//! one resource only, all under the resource's hash tag, so the store also
+//! works on Redis Cluster slots.
+//!
+//! - [`keys`]: key names and hash tags.
+//! - [`store`]: [`RedisStore`], the lock operations, statistics and lease index.
+//! - [`notify`]: keyspace notifications as wake-up hints.
+//! - `reply`: parsing of script replies.
+//! - [`error`]: [`StoreError`].
+
+pub mod error;
+pub mod keys;
+pub mod notify;
+mod reply;
+pub mod store;
+
+pub use error::StoreError;
+pub use notify::{Notice, Notifier};
+pub use store::{NOTIFY_FLAGS, RedisOptions, RedisStore};

@@ -1,0 +1,229 @@
+-- common.lua: shared by every lockd script that changes a resource. Each such
+-- script is this file followed by its own; together they follow
+-- crates/lockd-core/src/engine.rs rule for rule: sweep what ended, do the
+-- operation, grant whoever is next in line, report what changed.
+--
+-- KEYS (one hash tag, the resource's):
+--   H  holders: secret -> holder record; '#t' = last fencing token when no holder carries it
+--   Q  queue: zset of waiter secrets scored by arrival sequence
+--   W  waiters: secret -> waiter record
+--   D  daemons: daemon id -> liveness deadline (ms) of daemons with waiters or grants here
+--   G  inbox: secret -> daemon id, grants not yet taken over by that daemon
+local H, Q, W, D, G = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+-- Time comes from the Redis server and is frozen for the whole script.
+local clock = redis.call('TIME')
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = math.floor(now_us / 1000)
+
+-- A queue entry outlives its waiter's deadline by this much, so that the
+-- waiter's own daemon times it out first (engine.rs WAIT_GRACE_MS).
+local WAIT_GRACE_MS = 2000
+-- Queue keys vanish this long after the last script touched them, should
+-- every daemon with waiters here die.
+local QUEUE_IDLE_MS = 60000
+
+-- Statistics events for the daemon: g<mode>, r|x|a<mode>:<held ms>, q+, q-.
+local events = {}
+
+local function shared(mode)
+  return mode == 2 or mode == 3
+end
+
+-- holder record: mode|token|acquired|expires|ttl|renewals|max_renewals|client
+local function parse_holder(v)
+  local m, tok, acq, exp, ttl, ren, maxr, client =
+    string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
+  return { mode = tonumber(m), token = tonumber(tok), acq = tonumber(acq), exp = tonumber(exp),
+           ttl = tonumber(ttl), ren = tonumber(ren), maxr = tonumber(maxr), client = client }
+end
+
+local function fmt_holder(h)
+  return string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token, h.acq, h.exp, h.ttl, h.ren, h.maxr, h.client)
+end
+
+-- waiter record: mode|ttl|max_renewals|enqueued|deadline|daemon|client
+local function parse_waiter(v)
+  local m, ttl, maxr, enq, dl, d, client =
+    string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  return { mode = tonumber(m), ttl = tonumber(ttl), maxr = tonumber(maxr), enq = tonumber(enq),
+           deadline = tonumber(dl), daemon = d, client = client }
+end
+
+local function fmt_waiter(w)
+  return string.format('%d|%d|%d|%d|%d|%s|%s', w.mode, w.ttl, w.maxr, w.enq, w.deadline, w.daemon, w.client)
+end
+
+-- Load the holders once; every rule below works on this table and mirrors
+-- each change into H.
+local holders, nholders, last_token, had_token_field = {}, 0, 0, false
+do
+  local flat = redis.call('HGETALL', H)
+  for i = 1, #flat, 2 do
+    if flat[i] == '#t' then
+      had_token_field = true
+      last_token = math.max(last_token, tonumber(flat[i + 1]))
+    else
+      local h = parse_holder(flat[i + 1])
+      holders[flat[i]] = h
+      nholders = nholders + 1
+      last_token = math.max(last_token, h.token)
+    end
+  end
+end
+
+local daemon_deadlines = {}
+local function daemon_alive(d)
+  local deadline = daemon_deadlines[d]
+  if deadline == nil then
+    deadline = tonumber(redis.call('HGET', D, d) or '0')
+    daemon_deadlines[d] = deadline
+  end
+  return deadline > now
+end
+
+local function set_daemon_alive(d, liveness_ms)
+  daemon_deadlines[d] = now + liveness_ms
+  redis.call('HSET', D, d, now + liveness_ms)
+end
+
+local function end_hold(secret, how, held_ms)
+  local h = holders[secret]
+  holders[secret] = nil
+  nholders = nholders - 1
+  redis.call('HDEL', H, secret)
+  redis.call('HDEL', G, secret)
+  events[#events + 1] = how .. h.mode .. ':' .. held_ms
+end
+
+local function new_holder(mode, ttl, maxr, client)
+  last_token = math.max(last_token + 1, now_us)
+  return { mode = mode, token = last_token, acq = now, exp = now + ttl, ttl = ttl, ren = 0, maxr = maxr, client = client }
+end
+
+local function put_holder(secret, h)
+  if not holders[secret] then
+    nholders = nholders + 1
+  end
+  holders[secret] = h
+  redis.call('HSET', H, secret, fmt_holder(h))
+end
+
+-- Whether a request in `mode` may join the current holders.
+local function admits(mode)
+  if not shared(mode) then
+    return nholders == 0
+  end
+  for _, h in pairs(holders) do
+    if not shared(h.mode) then
+      return false
+    end
+  end
+  return true
+end
+
+-- Ends expired leases, and grants whose waiter's daemon died before taking them over.
+local function sweep()
+  for secret, h in pairs(holders) do
+    if h.exp <= now then
+      end_hold(secret, 'x', h.exp - h.acq)
+    end
+  end
+  local inbox = redis.call('HGETALL', G)
+  for i = 1, #inbox, 2 do
+    if not daemon_alive(inbox[i + 1]) then
+      redis.call('HDEL', G, inbox[i])
+      local h = holders[inbox[i]]
+      if h then
+        end_hold(inbox[i], 'a', now - h.acq)
+      end
+    end
+  end
+end
+
+-- Grants the head of the queue while it is compatible with the holders,
+-- dropping dead entries on the way; grants go to the waiter's daemon's inbox.
+local function promote()
+  while true do
+    local head = redis.call('ZRANGE', Q, 0, 0)[1]
+    if not head then
+      break
+    end
+    local raw = redis.call('HGET', W, head)
+    if not raw then
+      redis.call('ZREM', Q, head)
+    else
+      local w = parse_waiter(raw)
+      if w.deadline <= now or not daemon_alive(w.daemon) then
+        redis.call('ZREM', Q, head)
+        redis.call('HDEL', W, head)
+        events[#events + 1] = 'q-'
+      elseif not admits(w.mode) then
+        break
+      else
+        redis.call('ZREM', Q, head)
+        redis.call('HDEL', W, head)
+        put_holder(head, new_holder(w.mode, w.ttl, w.maxr, w.client))
+        redis.call('HSET', G, head, w.daemon)
+        events[#events + 1] = 'q-'
+        events[#events + 1] = 'g' .. w.mode
+      end
+    end
+  end
+end
+
+-- Grants the next in line, hands the caller its grants, sets key expiries and
+-- builds the reply: {status, payload, my grants (secret, record, ...),
+-- ms to the earliest expiry or -1, events, queue length}.
+local function finish(me, status, payload)
+  promote()
+  local mine, others = {}, 0
+  local inbox = redis.call('HGETALL', G)
+  for i = 1, #inbox, 2 do
+    if inbox[i + 1] == me then
+      redis.call('HDEL', G, inbox[i])
+      local h = holders[inbox[i]]
+      if h then
+        mine[#mine + 1] = inbox[i]
+        mine[#mine + 1] = fmt_holder(h)
+      end
+    else
+      others = others + 1
+    end
+  end
+  local qlen = redis.call('ZCARD', Q)
+  local max_exp, max_token, next_exp = 0, 0, -1
+  for _, h in pairs(holders) do
+    max_exp = math.max(max_exp, h.exp)
+    max_token = math.max(max_token, h.token)
+    if qlen > 0 and (next_exp < 0 or h.exp - now < next_exp) then
+      next_exp = h.exp - now
+    end
+  end
+  -- The holders key keeps the last token until the clock has passed it, so a
+  -- token later made from the clock is still larger; then it expires.
+  local token_until = math.floor(last_token / 1000) + 1
+  if nholders == 0 and now_us > last_token then
+    redis.call('DEL', H)
+  else
+    if last_token > max_token then
+      redis.call('HSET', H, '#t', string.format('%d', last_token))
+    elseif had_token_field then
+      redis.call('HDEL', H, '#t')
+    end
+    redis.call('PEXPIREAT', H, math.max(max_exp, token_until))
+  end
+  if qlen == 0 and others == 0 then
+    redis.call('DEL', D)
+  else
+    redis.call('PEXPIRE', D, QUEUE_IDLE_MS)
+    if qlen > 0 then
+      redis.call('PEXPIRE', Q, QUEUE_IDLE_MS)
+      redis.call('PEXPIRE', W, QUEUE_IDLE_MS)
+    end
+    if others > 0 then
+      redis.call('PEXPIRE', G, QUEUE_IDLE_MS)
+    end
+  end
+  return { status, payload or '', mine, next_exp, events, qlen }
+end

@@ -1,0 +1,13 @@
+#!lua flags=no-writes
+-- get.lua: a live lease's record, or nothing. KEYS: holders. ARGV: secret
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then
+  return false
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local exp = tonumber(string.match(v, '^%d|%d+|%d+|(%d+)|'))
+if exp <= now then
+  return false
+end
+return v

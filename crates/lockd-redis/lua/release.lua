@@ -1,0 +1,14 @@
+-- release.lua: end a lease held by the client. ARGV: secret, client_id, daemon_id
+local secret, client, me = ARGV[1], ARGV[2], ARGV[3]
+
+sweep()
+local h = holders[secret]
+if not h then
+  return finish(me, 'not_found')
+end
+if h.client ~= client then
+  return finish(me, 'not_owner')
+end
+local record = fmt_holder(h)
+end_hold(secret, 'r', now - h.acq)
+return finish(me, 'ok', record)

@@ -1,0 +1,23 @@
+-- renew.lua: move a lease's expiry to now + ttl and count the renewal.
+-- ARGV: secret, client_id, ttl_ms (0 keeps the lease's), daemon_id
+local secret, client, ttl, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+
+sweep()
+local h = holders[secret]
+if not h then
+  return finish(me, 'not_found')
+end
+if h.client ~= client then
+  return finish(me, 'not_owner')
+end
+if h.maxr > 0 and h.ren >= h.maxr then
+  return finish(me, 'limit', h.maxr)
+end
+if ttl == 0 then
+  ttl = h.ttl
+end
+h.ttl = ttl
+h.exp = now + ttl
+h.ren = h.ren + 1
+put_holder(secret, h)
+return finish(me, 'ok', fmt_holder(h))

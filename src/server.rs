@@ -1,0 +1,218 @@
+//! Builds a daemon from its configuration and serves until told to stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockd_redis::{Notice, RedisOptions, RedisStore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::core::LockCore;
+use crate::error::DaemonError;
+use crate::pb;
+use crate::pb::lock_service_server::LockServiceServer;
+use crate::service::LockApi;
+use crate::stats::StatsRecorder;
+use crate::store::{MemoryStore, Store};
+use crate::waiters::{self, Waiters};
+
+/// The health service names that flip with the store's health.
+const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
+
+/// How often the store's health is checked.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves lockd on `listener` until `shutdown` resolves, then goes NOT_SERVING,
+/// ends waiting calls with UNAVAILABLE (leases stay in the store) and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let (notices, mut notice_rx) = mpsc::unbounded_channel();
+    let (store, notifier) = open_store(&config, notices).await?;
+    let store = Arc::new(store);
+    let stats = Arc::new(StatsRecorder::default());
+    let stop = CancellationToken::new();
+    let (watch, watch_rx) = match notifier {
+        Some(_) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let waiters = Arc::new(Waiters::new(
+        Arc::clone(&store),
+        config.waiter_liveness,
+        config.max_queue,
+        Arc::clone(&stats),
+        watch,
+        stop.child_token(),
+    ));
+    let core = Arc::new(LockCore {
+        store: Arc::clone(&store),
+        waiters: Arc::clone(&waiters),
+        limits: config.limits(),
+        stats: Arc::clone(&stats),
+    });
+
+    let background = CancellationToken::new();
+    let on_notice = Arc::clone(&waiters);
+    tokio::spawn(async move {
+        while let Some(notice) = notice_rx.recv().await {
+            on_notice.on_notice(notice);
+        }
+    });
+    if let (Some(notifier), Some(rx)) = (notifier.clone(), watch_rx) {
+        tokio::spawn(waiters::run_watcher(Arc::clone(&waiters), notifier, rx));
+    }
+    tokio::spawn(upkeep(
+        Arc::clone(&waiters),
+        Arc::clone(&store),
+        Arc::clone(&stats),
+        config.waiter_liveness / 5,
+        background.clone(),
+    ));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    tokio::spawn(watch_health(
+        reporter.clone(),
+        Arc::clone(&store),
+        notifier,
+        background.clone(),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    tracing::info!(
+        addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        store = if config.dev { "memory (--dev)" } else { "redis" },
+        "lockd serving"
+    );
+    let stopping = {
+        let reporter = reporter.clone();
+        let background = background.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            background.cancel();
+            set_health(&reporter, ServingStatus::NotServing).await;
+            stop.cancel();
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        // Dead client connections drop their streams, and so their waits.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(LockServiceServer::new(LockApi::new(core)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        .await;
+    background.cancel();
+    waiters.close(config.shutdown_grace).await;
+    stats.flush(&store).await;
+    served?;
+    Ok(())
+}
+
+async fn open_store(
+    config: &Config,
+    notices: mpsc::UnboundedSender<Notice>,
+) -> Result<(Store, Option<Arc<lockd_redis::Notifier>>), DaemonError> {
+    if config.dev {
+        return Ok((Store::Memory(MemoryStore::new(notices)), None));
+    }
+    let redis = RedisStore::connect(&RedisOptions {
+        url: config.redis_url.clone(),
+        key_prefix: config.key_prefix.clone(),
+        connections: config.redis_connections,
+        timeout: config.redis_timeout,
+    })
+    .await?;
+    redis.enable_notifications().await?;
+    let notifier = Arc::new(redis.notifier(notices).await?);
+    Ok((Store::Redis(redis), Some(notifier)))
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Keeps waiters alive in the store, catches missed notifications, forgets
+/// idle memory state and flushes statistics.
+async fn upkeep(
+    waiters: Arc<Waiters>,
+    store: Arc<Store>,
+    stats: Arc<StatsRecorder>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        waiters.sync_all();
+        if let Some(effects) = store.sweep() {
+            stats.record("", &effects.events);
+        }
+        stats.flush(&store).await;
+    }
+}
+
+/// NOT_SERVING while the store does not answer, SERVING again once it does.
+async fn watch_health(
+    reporter: HealthReporter,
+    store: Arc<Store>,
+    notifier: Option<Arc<lockd_redis::Notifier>>,
+    stop: CancellationToken,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let result = store.ping().await;
+        if let Some(notifier) = &notifier {
+            // Only a command makes a subscription connection that gave up try again.
+            if let Err(err) = notifier.ping().await {
+                tracing::debug!(error = %err, "notification connection ping failed");
+            }
+        }
+        match (result, serving) {
+            (Err(err), true) => {
+                tracing::warn!(error = %err, "store unreachable: not serving");
+                set_health(&reporter, ServingStatus::NotServing).await;
+                serving = false;
+            }
+            (Ok(()), false) => {
+                tracing::info!("store reachable again: serving");
+                set_health(&reporter, ServingStatus::Serving).await;
+                serving = true;
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! gRPC handlers of `lockd.v1.LockService`: each adapts its request onto the
+//! core and maps errors; the rules live elsewhere.
+
+use std::sync::Arc;
+
+use lockd_core::validate::RawAcquire;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::core::LockCore;
+use crate::error::status;
+use crate::pb::lock_service_server::LockService;
+use crate::pb::{self, wait_event::Event};
+use crate::waiters::{Acquired, WaitEvent};
+
+/// The LockService implementation.
+pub struct LockApi {
+    core: Arc<LockCore>,
+}
+
+impl LockApi {
+    pub fn new(core: Arc<LockCore>) -> LockApi {
+        LockApi { core }
+    }
+}
+
+fn raw(r: &pb::AcquireRequest) -> RawAcquire<'_> {
+    RawAcquire {
+        resource: &r.resource,
+        mode: r.mode,
+        ttl_ms: r.ttl_ms,
+        wait_timeout_ms: r.wait_timeout_ms,
+        client_id: &r.client_id,
+        max_renewals: r.max_renewals,
+    }
+}
+
+fn queued(position: u64, queue_length: u64) -> pb::WaitEvent {
+    pb::WaitEvent {
+        event: Some(Event::Queued(pb::Queued {
+            position,
+            queue_length,
+        })),
+    }
+}
+
+fn granted(lease: lockd_core::Lease) -> pb::WaitEvent {
+    pb::WaitEvent {
+        event: Some(Event::Granted(pb::Granted {
+            lease: Some(convert::lease(lease)),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl LockService for LockApi {
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let lease = self
+            .core
+            .acquire(&raw(request.get_ref()))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AcquireResponse {
+            lease: Some(convert::lease(lease)),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.get_ref();
+        self.core
+            .release(&r.lock_id, &r.client_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let r = request.get_ref();
+        let lease = self
+            .core
+            .renew(&r.lock_id, &r.client_id, r.ttl_ms)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RenewResponse {
+            lease: Some(convert::lease(lease)),
+        }))
+    }
+
+    type WaitQueueStream = ReceiverStream<Result<pb::WaitEvent, Status>>;
+
+    async fn wait_queue(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<Self::WaitQueueStream>, Status> {
+        let acquired = self
+            .core
+            .start_acquire(&raw(request.get_ref()))
+            .await
+            .map_err(status)?;
+        let (tx, rx) = mpsc::channel(8);
+        match acquired {
+            Acquired::Granted(lease) => {
+                // The channel is empty and has room: this cannot fail.
+                let _ = tx.try_send(Ok(granted(lease)));
+            }
+            Acquired::Waiting {
+                mut ticket,
+                position,
+                queue_length,
+            } => {
+                let _ = tx.try_send(Ok(queued(position, queue_length)));
+                tokio::spawn(async move {
+                    loop {
+                        let event = tokio::select! {
+                            event = ticket.next() => event,
+                            // The client cancelled or its connection dropped:
+                            // dropping the ticket takes it out of line.
+                            _ = tx.closed() => return,
+                        };
+                        match event {
+                            Ok(WaitEvent::Position {
+                                position,
+                                queue_length,
+                            }) => {
+                                if tx.send(Ok(queued(position, queue_length))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(WaitEvent::Granted(lease)) => {
+                                if tx.send(Ok(granted(lease))).await.is_ok() {
+                                    ticket.delivered();
+                                }
+                                // Ending the stream here means a client that
+                                // stops reading after Granted keeps its lease.
+                                return;
+                            }
+                            Err(err) => {
+                                let _ = tx.send(Err(status(err))).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_lock(
+        &self,
+        request: Request<pb::GetLockRequest>,
+    ) -> Result<Response<pb::GetLockResponse>, Status> {
+        let lease = self
+            .core
+            .get(&request.get_ref().lock_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetLockResponse {
+            lease: Some(convert::lease(lease)),
+        }))
+    }
+
+    async fn list_held(
+        &self,
+        request: Request<pb::ListHeldRequest>,
+    ) -> Result<Response<pb::ListHeldResponse>, Status> {
+        let leases = self
+            .core
+            .held(&request.get_ref().client_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListHeldResponse {
+            leases: leases.into_iter().map(convert::lease).collect(),
+        }))
+    }
+
+    async fn get_queue(
+        &self,
+        request: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let resource = request.into_inner().resource;
+        let view = self.core.queue(&resource).await.map_err(status)?;
+        Ok(Response::new(pb::GetQueueResponse {
+            resource,
+            holders: view.holders.into_iter().map(convert::lease).collect(),
+            waiters: view.waiters.into_iter().map(convert::waiter).collect(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let stats = self.core.stats().await.map_err(status)?;
+        Ok(Response::new(convert::stats(stats)))
+    }
+}

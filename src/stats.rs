@@ -1,0 +1,45 @@
+//! Statistics of this daemon's operations, added to the deployment-wide totals in batches.
+
+use std::sync::Mutex;
+
+use lockd_core::{Event, Stats, StatsDelta};
+
+use crate::store::Store;
+
+/// Counter changes gathered since the last flush.
+#[derive(Default)]
+pub struct StatsRecorder {
+    pending: Mutex<StatsDelta>,
+}
+
+impl StatsRecorder {
+    /// Adds the events of one operation on `resource`.
+    pub fn record(&self, resource: &str, events: &[Event]) {
+        if !events.is_empty() {
+            self.lock().record(resource, events);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsDelta> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds what was gathered to the store's totals; on failure keeps it for the next try.
+    pub async fn flush(&self, store: &Store) {
+        let delta = std::mem::take(&mut *self.lock());
+        if delta.is_empty() {
+            return;
+        }
+        if let Err(err) = store.add_stats(&delta).await {
+            tracing::warn!(error = %err, "flushing statistics failed; will retry");
+            self.lock().merge(delta);
+        }
+    }
+
+    /// The deployment-wide statistics, including what this daemon has not flushed yet.
+    pub async fn read(&self, store: &Store) -> Result<Stats, lockd_core::LockError> {
+        self.flush(store).await;
+        let totals = store.read_stats().await?;
+        Ok(Stats::from_totals(&totals))
+    }
+}

@@ -1,0 +1,195 @@
+//! The lock store a daemon runs on: Redis, or process memory for `--dev`.
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use lockd_core::{
+    AcquireOutcome, AcquireSpec, Caller, Engine, Lease, LeaveOutcome, LockError, LockId, Now,
+    Outcome, QueueView, StatsDelta, SyncOutcome,
+};
+use lockd_redis::{Notice, RedisStore, StoreError};
+use tokio::sync::mpsc;
+
+/// Lock state in process memory: the reference engine behind a mutex, with a
+/// clock that never goes back.
+pub struct MemoryStore {
+    engine: Mutex<Engine>,
+    /// Wall-clock microseconds at `started`; later times add monotonic elapsed time.
+    epoch_us: u64,
+    started: Instant,
+    /// Stands in for keyspace notifications.
+    notices: mpsc::UnboundedSender<Notice>,
+    totals: Mutex<StatsDelta>,
+}
+
+/// Where lock state lives.
+pub enum Store {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+impl MemoryStore {
+    pub fn new(notices: mpsc::UnboundedSender<Notice>) -> MemoryStore {
+        let epoch_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        MemoryStore {
+            engine: Mutex::new(Engine::new()),
+            epoch_us,
+            started: Instant::now(),
+            notices,
+            totals: Mutex::new(StatsDelta::default()),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now::from_micros(self.epoch_us + self.started.elapsed().as_micros() as u64)
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        // A panic while holding the lock cannot leave the engine half-changed
+        // in a way later calls misread, so a poisoned lock is still usable.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a changing operation and tells waiters of the resource to look again.
+    fn change<T>(
+        &self,
+        resource: &str,
+        op: impl FnOnce(&mut Engine, Now) -> Outcome<T>,
+    ) -> Outcome<T> {
+        let outcome = op(&mut self.engine(), self.now());
+        if !outcome.1.events.is_empty() {
+            let _ = self.notices.send(Notice::Changed(resource.to_owned()));
+        }
+        outcome
+    }
+}
+
+impl Store {
+    pub async fn acquire(
+        &self,
+        spec: &AcquireSpec,
+        secret: &str,
+        caller: &Caller<'_>,
+        max_queue: u64,
+    ) -> Outcome<AcquireOutcome> {
+        match self {
+            Store::Redis(r) => r.acquire(spec, secret, caller, max_queue).await,
+            Store::Memory(m) => m.change(&spec.resource, |e, now| {
+                e.acquire(now, spec, secret, caller, max_queue)
+            }),
+        }
+    }
+
+    pub async fn sync(
+        &self,
+        resource: &str,
+        secrets: &[String],
+        caller: &Caller<'_>,
+    ) -> Outcome<SyncOutcome> {
+        match self {
+            Store::Redis(r) => r.sync(resource, secrets, caller).await,
+            Store::Memory(m) => m.change(resource, |e, now| e.sync(now, resource, secrets, caller)),
+        }
+    }
+
+    pub async fn leave(
+        &self,
+        resource: &str,
+        secret: &str,
+        caller: &Caller<'_>,
+    ) -> Outcome<LeaveOutcome> {
+        match self {
+            Store::Redis(r) => r.leave(resource, secret, caller).await,
+            Store::Memory(m) => m.change(resource, |e, now| e.leave(now, resource, secret, caller)),
+        }
+    }
+
+    pub async fn release(
+        &self,
+        lock: &LockId,
+        client_id: &str,
+        caller: &Caller<'_>,
+    ) -> Outcome<Lease> {
+        match self {
+            Store::Redis(r) => r.release(lock, client_id, caller).await,
+            Store::Memory(m) => m.change(&lock.resource, |e, now| {
+                e.release(now, lock, client_id, caller)
+            }),
+        }
+    }
+
+    pub async fn renew(
+        &self,
+        lock: &LockId,
+        client_id: &str,
+        ttl_ms: Option<u64>,
+        caller: &Caller<'_>,
+    ) -> Outcome<Lease> {
+        match self {
+            Store::Redis(r) => r.renew(lock, client_id, ttl_ms, caller).await,
+            Store::Memory(m) => m.change(&lock.resource, |e, now| {
+                e.renew(now, lock, client_id, ttl_ms, caller)
+            }),
+        }
+    }
+
+    pub async fn get(&self, lock: &LockId) -> Result<Lease, LockError> {
+        match self {
+            Store::Redis(r) => r.get(lock).await,
+            Store::Memory(m) => m.engine().get(m.now(), lock),
+        }
+    }
+
+    pub async fn queue(&self, resource: &str) -> Result<QueueView, LockError> {
+        match self {
+            Store::Redis(r) => r.queue(resource).await,
+            Store::Memory(m) => Ok(m.engine().queue(m.now(), resource)),
+        }
+    }
+
+    pub async fn held_by(&self, client_id: &str) -> Result<Vec<Lease>, LockError> {
+        match self {
+            Store::Redis(r) => r.held_by(client_id).await,
+            Store::Memory(m) => Ok(m.engine().held_by(m.now(), client_id)),
+        }
+    }
+
+    /// Whether the store answers now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(r) => r.ping().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
+    pub async fn add_stats(&self, delta: &StatsDelta) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(r) => r.add_stats(delta).await,
+            Store::Memory(m) => {
+                m.totals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .merge(delta.clone());
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
+        match self {
+            Store::Redis(r) => r.read_stats().await,
+            Store::Memory(m) => Ok(m.totals.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        }
+    }
+
+    /// Periodic upkeep: the memory store forgets idle resources, as Redis key
+    /// expiry does, and reports what ended meanwhile.
+    pub fn sweep(&self) -> Option<lockd_core::Effects> {
+        match self {
+            Store::Redis(_) => None,
+            Store::Memory(m) => Some(m.engine().sweep_idle(m.now())),
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! This daemon's waiters: who waits where, and how each learns it was granted.
+//!
+//! A waiter's place in line lives in the store; this module keeps only the
+//! channel to each waiting call. It looks at a resource again (a *sync*) when
+//! Redis says one of its keys changed, when the earliest holder's lease is due
+//! to end, and every tick regardless, because notifications are only hints
+//! and the store drops the queue entries of daemons that stop syncing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lockd_core::{
+    AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LockError, LockId, SyncOutcome,
+    WaiterState,
+};
+use lockd_redis::{Notice, Notifier};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::stats::StatsRecorder;
+use crate::store::Store;
+
+/// What a waiting call hears about its place in line.
+#[derive(Debug)]
+enum Update {
+    Position { position: u64, queue_length: u64 },
+    Granted(Lease),
+    Gone,
+}
+
+/// What a waiting call sees next.
+#[derive(Debug)]
+pub enum WaitEvent {
+    Position { position: u64, queue_length: u64 },
+    Granted(Lease),
+}
+
+struct LocalWaiter {
+    updates: mpsc::UnboundedSender<Update>,
+    /// Set once the store has queued it; syncs ask only about queued waiters.
+    queued: bool,
+    /// The last position sent; positions only ever go down.
+    position: Option<u64>,
+}
+
+#[derive(Default)]
+struct LocalResource {
+    waiters: HashMap<String, LocalWaiter>,
+    /// A sync is running; `again` asks it to run once more.
+    syncing: bool,
+    again: bool,
+    /// When the pending expiry timer fires.
+    timer_at: Option<Instant>,
+}
+
+/// The waiters of this daemon and the machinery that wakes them.
+pub struct Waiters {
+    store: Arc<Store>,
+    daemon_id: String,
+    liveness_ms: u64,
+    max_queue: u64,
+    /// Resource to its local waiters. A plain mutex: it is held only for map
+    /// updates, never across an await.
+    resources: Mutex<HashMap<String, LocalResource>>,
+    /// Resources whose subscription may need to change; one task applies them in order.
+    watch: Option<mpsc::UnboundedSender<String>>,
+    stats: Arc<StatsRecorder>,
+    /// Background leaves and syncs, awaited at shutdown.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A request that is waiting or may still hold a grant. Dropping it before
+/// [`Ticket::delivered`] takes the request out of line and releases any lease
+/// granted to it: the client never received that lease.
+pub struct Ticket {
+    waiters: Arc<Waiters>,
+    resource: String,
+    secret: String,
+    updates: mpsc::UnboundedReceiver<Update>,
+    deadline: Instant,
+    waited_ms: u64,
+    registered: bool,
+    delivered: bool,
+}
+
+/// How an acquire turned out.
+pub enum Acquired {
+    Granted(Lease),
+    /// Queued at `position` of `queue_length`; the ticket waits for the rest.
+    Waiting {
+        ticket: Ticket,
+        position: u64,
+        queue_length: u64,
+    },
+}
+
+impl Waiters {
+    pub fn new(
+        store: Arc<Store>,
+        liveness: Duration,
+        max_queue: u64,
+        stats: Arc<StatsRecorder>,
+        watch: Option<mpsc::UnboundedSender<String>>,
+        shutdown: CancellationToken,
+    ) -> Waiters {
+        Waiters {
+            store,
+            daemon_id: uuid::Uuid::new_v4().simple().to_string(),
+            liveness_ms: liveness.as_millis() as u64,
+            max_queue,
+            resources: Mutex::default(),
+            watch,
+            stats,
+            tasks: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    /// This daemon as the store sees it.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            daemon_id: &self.daemon_id,
+            liveness_ms: self.liveness_ms,
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, HashMap<String, LocalResource>> {
+        // Held only for map updates that leave it consistent at every step.
+        self.resources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tries to acquire; if the request may wait, queues it and returns a ticket.
+    pub async fn acquire(self: &Arc<Self>, spec: &AcquireSpec) -> Result<Acquired, LockError> {
+        let secret = LockId::generate(&spec.resource).secret;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let registered = spec.wait_ms > 0;
+        if registered {
+            self.local()
+                .entry(spec.resource.clone())
+                .or_default()
+                .waiters
+                .insert(
+                    secret.clone(),
+                    LocalWaiter {
+                        updates: tx,
+                        queued: false,
+                        position: None,
+                    },
+                );
+        }
+        // From here on, dropping the ticket (the client went away) undoes
+        // whatever the store did with this request.
+        let mut ticket = Ticket {
+            waiters: Arc::clone(self),
+            resource: spec.resource.clone(),
+            secret: secret.clone(),
+            updates: rx,
+            deadline: Instant::now() + Duration::from_millis(spec.wait_ms),
+            waited_ms: spec.wait_ms,
+            registered,
+            delivered: false,
+        };
+        let (result, effects) = self
+            .store
+            .acquire(spec, &secret, &self.caller(), self.max_queue)
+            .await;
+        self.handle_effects(&spec.resource, effects);
+        match result {
+            Ok(AcquireOutcome::Granted(lease)) => {
+                ticket.delivered();
+                Ok(Acquired::Granted(lease))
+            }
+            Ok(AcquireOutcome::Busy) => {
+                ticket.delivered();
+                Err(LockError::WaitTimeout { waited_ms: 0 })
+            }
+            Ok(AcquireOutcome::Queued {
+                position,
+                queue_length,
+            }) => {
+                if let Some(w) = self
+                    .local()
+                    .get_mut(&spec.resource)
+                    .and_then(|r| r.waiters.get_mut(&secret))
+                {
+                    w.queued = true;
+                    w.position = Some(position);
+                }
+                self.request_watch(&spec.resource);
+                Ok(Acquired::Waiting {
+                    ticket,
+                    position,
+                    queue_length,
+                })
+            }
+            // The outcome may be unknown (a timeout): dropping the ticket leaves.
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Applies what a store operation reported: statistics, grants for this
+    /// daemon's waiters, and when to look again.
+    pub fn handle_effects(self: &Arc<Self>, resource: &str, effects: Effects) {
+        self.stats.record(resource, &effects.events);
+        for (secret, lease) in effects.my_grants {
+            let resource = lease.resource.clone();
+            self.deliver(&resource, &secret, Update::Granted(lease));
+        }
+        if let Some(ms) = effects.next_expiry_in_ms {
+            self.arm_timer(resource, ms);
+        }
+    }
+
+    /// Hands an end result to a local waiter and forgets it. A waiter that is
+    /// no longer here went away; its ticket's drop takes care of the store.
+    fn deliver(self: &Arc<Self>, resource: &str, secret: &str, update: Update) {
+        let waiter = {
+            let mut local = self.local();
+            let Some(r) = local.get_mut(resource) else {
+                return;
+            };
+            let waiter = r.waiters.remove(secret);
+            if r.waiters.is_empty() {
+                local.remove(resource);
+            }
+            waiter
+        };
+        if let Some(w) = waiter {
+            // A closed channel means the ticket is being dropped and will leave.
+            let _ = w.updates.send(update);
+            self.request_watch(resource);
+        }
+    }
+
+    fn forget(&self, resource: &str, secret: &str) {
+        let mut local = self.local();
+        if let Some(r) = local.get_mut(resource) {
+            r.waiters.remove(secret);
+            if r.waiters.is_empty() {
+                local.remove(resource);
+            }
+        }
+        drop(local);
+        self.request_watch(resource);
+    }
+
+    fn request_watch(&self, resource: &str) {
+        if let Some(watch) = &self.watch {
+            let _ = watch.send(resource.to_owned());
+        }
+    }
+
+    /// Whether this daemon has waiters on `resource`.
+    pub fn is_waiting_on(&self, resource: &str) -> bool {
+        self.local().contains_key(resource)
+    }
+
+    /// Resources with local waiters.
+    pub fn resources(&self) -> Vec<String> {
+        self.local().keys().cloned().collect()
+    }
+
+    /// How many requests wait on this daemon.
+    pub fn count(&self) -> usize {
+        self.local().values().map(|r| r.waiters.len()).sum()
+    }
+
+    fn arm_timer(self: &Arc<Self>, resource: &str, in_ms: u64) {
+        // A little after the expiry, so the store's clock has surely passed it.
+        let at = Instant::now() + Duration::from_millis(in_ms + 2);
+        {
+            let mut local = self.local();
+            let Some(r) = local.get_mut(resource) else {
+                return;
+            };
+            if r.timer_at.is_some_and(|t| t <= at) {
+                return;
+            }
+            r.timer_at = Some(at);
+        }
+        let this = Arc::clone(self);
+        let resource = resource.to_owned();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = this.shutdown.cancelled() => return,
+            }
+            if let Some(r) = this.local().get_mut(&resource) {
+                if r.timer_at == Some(at) {
+                    r.timer_at = None;
+                }
+            }
+            this.request_sync(&resource);
+        });
+    }
+
+    /// Looks at a resource again soon; runs coalesce, one at a time per resource.
+    pub fn request_sync(self: &Arc<Self>, resource: &str) {
+        {
+            let mut local = self.local();
+            let Some(r) = local.get_mut(resource) else {
+                return;
+            };
+            if r.syncing {
+                r.again = true;
+                return;
+            }
+            r.syncing = true;
+        }
+        let this = Arc::clone(self);
+        let resource = resource.to_owned();
+        self.tasks
+            .spawn(async move { this.run_sync(resource).await });
+    }
+
+    /// Syncs every resource with local waiters: keeps them alive in the store
+    /// and catches whatever notifications were missed.
+    pub fn sync_all(self: &Arc<Self>) {
+        for resource in self.resources() {
+            self.request_sync(&resource);
+        }
+    }
+
+    async fn run_sync(self: Arc<Self>, resource: String) {
+        loop {
+            let secrets: Vec<String> = match self.local().get(&resource) {
+                Some(r) => r
+                    .waiters
+                    .iter()
+                    .filter(|(_, w)| w.queued)
+                    .map(|(s, _)| s.clone())
+                    .collect(),
+                None => return,
+            };
+            let (result, effects) = self.store.sync(&resource, &secrets, &self.caller()).await;
+            self.handle_effects(&resource, effects);
+            match result {
+                Ok(outcome) => self.apply_states(&resource, &secrets, outcome).await,
+                Err(err) => tracing::warn!(%resource, error = %err, "sync failed"),
+            }
+            let mut local = self.local();
+            match local.get_mut(&resource) {
+                Some(r) if r.again => r.again = false,
+                Some(r) => {
+                    r.syncing = false;
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    async fn apply_states(
+        self: &Arc<Self>,
+        resource: &str,
+        secrets: &[String],
+        outcome: SyncOutcome,
+    ) {
+        let mut fetch = Vec::new();
+        let mut gone = Vec::new();
+        {
+            let mut local = self.local();
+            let Some(r) = local.get_mut(resource) else {
+                return;
+            };
+            for (secret, state) in secrets.iter().zip(outcome.states) {
+                let Some(w) = r.waiters.get_mut(secret) else {
+                    continue;
+                };
+                match state {
+                    WaiterState::Queued(position) => {
+                        if w.position.is_none_or(|p| position < p) {
+                            w.position = Some(position);
+                            let _ = w.updates.send(Update::Position {
+                                position,
+                                queue_length: outcome.queue_length,
+                            });
+                        }
+                    }
+                    // Granted, but the grant reached none of this daemon's
+                    // replies (one was lost): read the lease itself.
+                    WaiterState::Granted => fetch.push(secret.clone()),
+                    WaiterState::Gone => gone.push(secret.clone()),
+                }
+            }
+        }
+        for secret in gone {
+            self.deliver(resource, &secret, Update::Gone);
+        }
+        for secret in fetch {
+            match self
+                .store
+                .get(&LockId::new(secret.as_str(), resource))
+                .await
+            {
+                Ok(lease) => self.deliver(resource, &secret, Update::Granted(lease)),
+                Err(LockError::NotFound) => self.deliver(resource, &secret, Update::Gone),
+                Err(err) => {
+                    tracing::warn!(%resource, error = %err, "reading a granted lease failed")
+                }
+            }
+        }
+    }
+
+    /// Acts on a hint from the store.
+    pub fn on_notice(self: &Arc<Self>, notice: Notice) {
+        match notice {
+            Notice::Changed(resource) => self.request_sync(&resource),
+            Notice::Disconnected => self.sync_all(),
+        }
+    }
+
+    /// Takes a request out of line in the background, releasing its lease if
+    /// it was granted but never handed over.
+    fn leave_later(self: &Arc<Self>, resource: String, secret: String) {
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let (result, effects) = this.store.leave(&resource, &secret, &this.caller()).await;
+            this.handle_effects(&resource, effects);
+            if let Err(err) = result {
+                tracing::warn!(%resource, error = %err, "leaving the queue failed; the entry lapses by itself");
+            }
+        });
+    }
+
+    /// Ends every wait with UNAVAILABLE and waits for background work to finish.
+    pub async fn close(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work still running at shutdown");
+        }
+    }
+}
+
+impl Ticket {
+    /// Waits for the next change: a better position, or the grant. Fails at
+    /// the wait deadline, at shutdown, or if the store dropped the request.
+    pub async fn next(&mut self) -> Result<WaitEvent, LockError> {
+        let update = tokio::select! {
+            update = self.updates.recv() => update,
+            _ = tokio::time::sleep_until(self.deadline) => {
+                return Err(LockError::WaitTimeout { waited_ms: self.waited_ms });
+            }
+            _ = self.waiters.shutdown.cancelled() => return Err(LockError::ShuttingDown),
+        };
+        match update {
+            Some(Update::Position {
+                position,
+                queue_length,
+            }) => Ok(WaitEvent::Position {
+                position,
+                queue_length,
+            }),
+            Some(Update::Granted(lease)) => Ok(WaitEvent::Granted(lease)),
+            Some(Update::Gone) | None => Err(LockError::Unavailable(
+                "the request was dropped from the queue; try again".to_owned(),
+            )),
+        }
+    }
+
+    /// Waits until granted, ignoring positions.
+    pub async fn granted(&mut self) -> Result<Lease, LockError> {
+        loop {
+            if let WaitEvent::Granted(lease) = self.next().await? {
+                return Ok(lease);
+            }
+        }
+    }
+
+    /// The lease reached the client's call: nothing to undo any more.
+    pub fn delivered(&mut self) {
+        self.delivered = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.registered {
+            self.waiters.forget(&self.resource, &self.secret);
+        }
+        if !self.delivered {
+            self.waiters.leave_later(
+                std::mem::take(&mut self.resource),
+                std::mem::take(&mut self.secret),
+            );
+        }
+    }
+}
+
+/// Keeps the notification subscriptions equal to the set of resources with
+/// local waiters, applying changes one at a time so they cannot reorder.
+pub async fn run_watcher(
+    waiters: Arc<Waiters>,
+    notifier: Arc<Notifier>,
+    mut changes: mpsc::UnboundedReceiver<String>,
+) {
+    let mut subscribed: HashSet<String> = HashSet::new();
+    while let Some(resource) = changes.recv().await {
+        let wanted = waiters.is_waiting_on(&resource);
+        if wanted && !subscribed.contains(&resource) {
+            match notifier.watch(&resource).await {
+                Ok(()) => {
+                    subscribed.insert(resource.clone());
+                }
+                Err(err) => {
+                    tracing::warn!(%resource, error = %err, "subscribing failed; periodic syncs cover it")
+                }
+            }
+            // Whatever changed before the subscription was not announced.
+            waiters.request_sync(&resource);
+        } else if !wanted && subscribed.remove(&resource) {
+            if let Err(err) = notifier.unwatch(&resource).await {
+                tracing::warn!(%resource, error = %err, "unsubscribing failed");
+            }
+        }
+    }
+}
