@@ -29,11 +29,16 @@ impl LockCore {
     pub async fn acquire(&self, raw: &RawAcquire<'_>) -> Result<Lease, LockError> {
         match self.start_acquire(raw).await? {
             Acquired::Granted(lease) => Ok(lease),
-            Acquired::Waiting { mut ticket, .. } => {
-                let lease = ticket.granted().await?;
-                ticket.delivered();
-                Ok(lease)
-            }
+            Acquired::Waiting { mut ticket, .. } => match ticket.granted().await {
+                Ok(lease) => {
+                    ticket.delivered();
+                    Ok(lease)
+                }
+                Err(err) => {
+                    ticket.leave().await;
+                    Err(err)
+                }
+            },
         }
     }
 

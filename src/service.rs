@@ -146,6 +146,7 @@ impl LockService for LockApi {
                                 return;
                             }
                             Err(err) => {
+                                ticket.leave().await;
                                 let _ = tx.send(Err(status(err))).await;
                                 return;
                             }

@@ -289,10 +289,10 @@ impl Waiters {
                 _ = tokio::time::sleep_until(at) => {}
                 _ = this.shutdown.cancelled() => return,
             }
-            if let Some(r) = this.local().get_mut(&resource) {
-                if r.timer_at == Some(at) {
-                    r.timer_at = None;
-                }
+            if let Some(r) = this.local().get_mut(&resource)
+                && r.timer_at == Some(at)
+            {
+                r.timer_at = None;
             }
             this.request_sync(&resource);
         });
@@ -475,6 +475,25 @@ impl Ticket {
         }
     }
 
+    /// Leaves the queue now (releasing a grant that raced with this), so the
+    /// caller's error is sent only once the request is out of line.
+    pub async fn leave(mut self) {
+        if self.registered {
+            self.waiters.forget(&self.resource, &self.secret);
+            self.registered = false;
+        }
+        self.delivered = true;
+        let waiters = Arc::clone(&self.waiters);
+        let (result, effects) = waiters
+            .store
+            .leave(&self.resource, &self.secret, &waiters.caller())
+            .await;
+        waiters.handle_effects(&self.resource, effects);
+        if let Err(err) = result {
+            tracing::warn!(resource = %self.resource, error = %err, "leaving the queue failed; the entry lapses by itself");
+        }
+    }
+
     /// The lease reached the client's call: nothing to undo any more.
     pub fn delivered(&mut self) {
         self.delivered = true;
@@ -516,10 +535,11 @@ pub async fn run_watcher(
             }
             // Whatever changed before the subscription was not announced.
             waiters.request_sync(&resource);
-        } else if !wanted && subscribed.remove(&resource) {
-            if let Err(err) = notifier.unwatch(&resource).await {
-                tracing::warn!(%resource, error = %err, "unsubscribing failed");
-            }
+        } else if !wanted
+            && subscribed.remove(&resource)
+            && let Err(err) = notifier.unwatch(&resource).await
+        {
+            tracing::warn!(%resource, error = %err, "unsubscribing failed");
         }
     }
 }

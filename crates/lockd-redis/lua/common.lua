@@ -19,6 +19,10 @@ local now = math.floor(now_us / 1000)
 -- A queue entry outlives its waiter's deadline by this much, so that the
 -- waiter's own daemon times it out first (engine.rs WAIT_GRACE_MS).
 local WAIT_GRACE_MS = 2000
+-- Holder records outlive their leases by this much, so that the next script
+-- on the resource still sees, and counts, a lease that expired meanwhile.
+-- Expired records never count as holders: every rule compares with `now`.
+local EXPIRED_GRACE_MS = 60000
 -- Queue keys vanish this long after the last script touched them, should
 -- every daemon with waiters here die.
 local QUEUE_IDLE_MS = 60000
@@ -211,7 +215,7 @@ local function finish(me, status, payload)
     elseif had_token_field then
       redis.call('HDEL', H, '#t')
     end
-    redis.call('PEXPIREAT', H, math.max(max_exp, token_until))
+    redis.call('PEXPIREAT', H, math.max(max_exp + EXPIRED_GRACE_MS, token_until))
   end
   if qlen == 0 and others == 0 then
     redis.call('DEL', D)

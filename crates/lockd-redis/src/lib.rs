@@ -9,7 +9,7 @@
 //! - [`store`]: [`RedisStore`], the lock operations, statistics and lease index.
 //! - [`notify`]: keyspace notifications as wake-up hints.
 //! - `reply`: parsing of script replies.
-//! - [`error`]: [`StoreError`].
+//! - [`error`]: the store's error type, `StoreError`.
 
 pub mod error;
 pub mod keys;

@@ -75,6 +75,9 @@ enum IndexOp {
     Flush(oneshot::Sender<()>),
 }
 
+/// Statistics counters as stored: field name and value.
+type Counters = Vec<(String, i64)>;
+
 /// Lock state in Redis.
 pub struct RedisStore {
     conns: Vec<ConnectionManager>,
@@ -523,7 +526,7 @@ impl RedisStore {
     /// The deployment-wide totals.
     pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
         let mut conn = self.conn();
-        let (fields, top): (Vec<(String, i64)>, Vec<(String, f64)>) = self
+        let (fields, top): (Counters, Vec<(String, f64)>) = self
             .bounded(
                 redis::pipe()
                     .hgetall(self.ns.stats())

@@ -1,0 +1,465 @@
+//! Test harness: real redis-server processes on free loopback ports, real
+//! daemons (in-process on 127.0.0.1:0, or as child processes that can be
+//! killed), and real gRPC clients.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lockd::config::Config;
+use lockd::pb;
+use lockd::pb::lock_service_client::LockServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = LockServiceClient<Channel>;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A redis-server child process, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (see .ci/run)");
+            let mut server = RedisServer { child, port };
+            if server.wait_ready(Duration::from_secs(5)) {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the server: connections stay open but nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    /// A direct connection, for looking at keys.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Key prefixes unique within this test process, so tests can share nothing.
+pub fn unique(name: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A daemon running inside the test process.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), lockd::error::DaemonError>>>,
+}
+
+impl Daemon {
+    /// Starts a daemon with these flags (besides --listen).
+    pub async fn start(args: &[&str]) -> Daemon {
+        let config =
+            Config::try_parse_from(["lockd"].iter().chain(args)).expect("valid test flags");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(lockd::server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let daemon = Daemon {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || serving(addr)).await,
+            "daemon did not start serving"
+        );
+        daemon
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+
+    /// Sends the shutdown signal and waits for the daemon to return.
+    pub async fn shutdown(mut self) -> Result<(), lockd::error::DaemonError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("daemon stops within 15 s")
+            .expect("daemon task does not panic")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A daemon as a child process, for tests that kill it.
+pub struct DaemonProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl DaemonProcess {
+    pub async fn spawn(args: &[&str]) -> DaemonProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_lockd"))
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn lockd");
+        let process = DaemonProcess { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("lockd did not start listening on {addr}");
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.child.wait().expect("wait for lockd")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the daemon's health service says SERVING.
+pub async fn serving(addr: SocketAddr) -> bool {
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to lockd");
+    LockServiceClient::new(channel)
+}
+
+/// Where the daemons of a test keep lock state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Dev,
+    Redis,
+}
+
+/// One test's world: a Redis (for the Redis backend) and its daemons.
+pub struct Env {
+    pub redis: Option<RedisServer>,
+    pub prefix: String,
+    pub daemons: Vec<Daemon>,
+}
+
+impl Env {
+    /// `replicas` daemons on one store; the dev backend has exactly one.
+    pub async fn new(backend: Backend, replicas: usize) -> Env {
+        Env::with_args(backend, replicas, &[]).await
+    }
+
+    pub async fn with_args(backend: Backend, replicas: usize, extra: &[&str]) -> Env {
+        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        let prefix = unique("t");
+        let mut env = Env {
+            redis,
+            prefix,
+            daemons: Vec::new(),
+        };
+        for _ in 0..replicas {
+            let daemon = env.start_daemon(extra).await;
+            env.daemons.push(daemon);
+        }
+        env
+    }
+
+    pub fn daemon_args(&self) -> Vec<String> {
+        match &self.redis {
+            Some(redis) => vec![
+                "--redis-url".into(),
+                redis.url(),
+                "--key-prefix".into(),
+                self.prefix.clone(),
+            ],
+            None => vec!["--dev".into()],
+        }
+    }
+
+    pub async fn start_daemon(&self, extra: &[&str]) -> Daemon {
+        let mut args = self.daemon_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&args).await
+    }
+
+    /// A client of daemon `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        self.daemons[i].client().await
+    }
+}
+
+/// An acquire request.
+pub fn req(resource: &str, client: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        resource: resource.to_owned(),
+        client_id: client.to_owned(),
+        ttl_ms: 30_000,
+        ..Default::default()
+    }
+}
+
+pub trait RequestExt {
+    fn mode(self, mode: pb::LockMode) -> Self;
+    fn ttl(self, ms: u64) -> Self;
+    fn wait(self, ms: u64) -> Self;
+    fn max_renewals(self, n: u32) -> Self;
+}
+
+impl RequestExt for pb::AcquireRequest {
+    fn mode(mut self, mode: pb::LockMode) -> Self {
+        self.mode = mode as i32;
+        self
+    }
+    fn ttl(mut self, ms: u64) -> Self {
+        self.ttl_ms = ms;
+        self
+    }
+    fn wait(mut self, ms: u64) -> Self {
+        self.wait_timeout_ms = Some(ms);
+        self
+    }
+    fn max_renewals(mut self, n: u32) -> Self {
+        self.max_renewals = n;
+        self
+    }
+}
+
+/// Acquires or panics with the status.
+pub async fn acquire(client: &mut Client, request: pb::AcquireRequest) -> pb::Lease {
+    client
+        .acquire(request)
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease")
+}
+
+pub async fn release(client: &mut Client, lease: &pb::Lease) {
+    client
+        .release(pb::ReleaseRequest {
+            lock_id: lease.lock_id.clone(),
+            client_id: lease.client_id.clone(),
+        })
+        .await
+        .expect("release");
+}
+
+/// A WaitQueue call in progress.
+pub struct Waiting {
+    pub stream: tonic::Streaming<pb::WaitEvent>,
+}
+
+impl Waiting {
+    pub async fn start(client: &mut Client, request: pb::AcquireRequest) -> Waiting {
+        let stream = client
+            .wait_queue(request)
+            .await
+            .expect("wait_queue")
+            .into_inner();
+        Waiting { stream }
+    }
+
+    /// The next event, within 10 s.
+    pub async fn next(&mut self) -> Result<pb::wait_event::Event, tonic::Status> {
+        let message = tokio::time::timeout(Duration::from_secs(10), self.stream.message())
+            .await
+            .expect("an event within 10 s")?;
+        Ok(message
+            .and_then(|m| m.event)
+            .expect("an event, not the end"))
+    }
+
+    /// The next Queued position, or panics.
+    pub async fn queued(&mut self) -> pb::Queued {
+        match self.next().await {
+            Ok(pb::wait_event::Event::Queued(q)) => q,
+            other => panic!("expected Queued, got {other:?}"),
+        }
+    }
+
+    /// Skips position updates until the grant.
+    pub async fn granted(&mut self) -> pb::Lease {
+        loop {
+            match self.next().await {
+                Ok(pb::wait_event::Event::Queued(_)) => continue,
+                Ok(pb::wait_event::Event::Granted(g)) => return g.lease.expect("lease"),
+                Err(status) => panic!("expected Granted, got {status:?}"),
+            }
+        }
+    }
+
+    /// Whether the stream ended after the grant.
+    pub async fn ended(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.message()).await,
+            Ok(Ok(None))
+        )
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs a test body against both backends: `mod name { dev, redis }`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dev() {
+                super::$body($crate::harness::Backend::Dev).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$body($crate::harness::Backend::Redis).await;
+            }
+        }
+    };
+}

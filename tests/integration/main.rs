@@ -1,0 +1,9 @@
+//! End-to-end tests: real redis-server, real daemons, real gRPC clients.
+//! One test binary, one module per area.
+
+mod harness;
+
+mod api;
+mod basics;
+mod failures;
+mod replicas;
