@@ -14,6 +14,11 @@ pub struct Config {
     #[arg(long, env = "LOCKD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address to serve HTTP on: GET /metrics (Prometheus) and the REST API.
+    /// Off unless set.
+    #[arg(long, env = "LOCKD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Redis to keep lock state in: redis://[user:password@]host:port[/db].
     #[arg(
         long,

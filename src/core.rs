@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lockd_core::validate::{self, RawAcquire};
 use lockd_core::{Lease, Limits, LockError, LockId, QueueView, Stats};
 
+use crate::metrics::Metrics;
 use crate::stats::StatsRecorder;
 use crate::store::Store;
 use crate::waiters::{Acquired, Waiters};
@@ -16,6 +17,7 @@ pub struct LockCore {
     pub waiters: Arc<Waiters>,
     pub limits: Limits,
     pub stats: Arc<StatsRecorder>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl LockCore {
@@ -27,11 +29,16 @@ impl LockCore {
 
     /// Acquires, waiting in line as long as the request allows.
     pub async fn acquire(&self, raw: &RawAcquire<'_>) -> Result<Lease, LockError> {
+        let started = std::time::Instant::now();
         match self.start_acquire(raw).await? {
-            Acquired::Granted(lease) => Ok(lease),
+            Acquired::Granted(lease) => {
+                self.metrics.waited(started.elapsed());
+                Ok(lease)
+            }
             Acquired::Waiting { mut ticket, .. } => match ticket.granted().await {
                 Ok(lease) => {
                     ticket.delivered();
+                    self.metrics.waited(started.elapsed());
                     Ok(lease)
                 }
                 Err(err) => {
@@ -67,6 +74,9 @@ impl LockCore {
             .renew(&lock, client_id, ttl, &self.waiters.caller())
             .await;
         self.waiters.handle_effects(&lock.resource, effects);
+        if result.is_ok() {
+            self.metrics.renewed();
+        }
         result
     }
 
@@ -91,6 +101,14 @@ impl LockCore {
     /// Deployment-wide statistics.
     pub async fn stats(&self) -> Result<Stats, LockError> {
         self.stats.read(&self.store).await
+    }
+}
+
+impl LockCore {
+    /// The Prometheus text exposition, with the gauges read now.
+    pub async fn metrics_text(&self) -> String {
+        let active = self.stats().await.ok().map(|s| s.active_locks);
+        self.metrics.render(self.waiters.count(), active)
     }
 }
 

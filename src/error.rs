@@ -29,6 +29,8 @@ pub enum DaemonError {
     Redis(#[from] lockd_redis::StoreError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen for http: {0}")]
+    Http(std::io::Error),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }

@@ -14,12 +14,15 @@
 //!   - [`waiters`]: this daemon's waiting calls and what wakes them.
 //!   - [`store`]: Redis or, with `--dev`, process memory.
 //!   - [`stats`]: statistics batched into deployment-wide totals.
+//!   - [`metrics`]: Prometheus metrics; [`http`] serves them and the REST API.
 //!   - [`convert`], [`error`]: protobuf conversions and gRPC status codes.
 
 pub mod config;
 pub mod convert;
 pub mod core;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod stats;

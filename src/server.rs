@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::Config;
 use crate::core::LockCore;
 use crate::error::DaemonError;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::lock_service_server::LockServiceServer;
 use crate::service::LockApi;
@@ -38,7 +39,8 @@ pub async fn run(
     let (notices, mut notice_rx) = mpsc::unbounded_channel();
     let (store, notifier) = open_store(&config, notices).await?;
     let store = Arc::new(store);
-    let stats = Arc::new(StatsRecorder::default());
+    let metrics = Arc::new(Metrics::new());
+    let stats = Arc::new(StatsRecorder::new(Arc::clone(&metrics)));
     let stop = CancellationToken::new();
     let (watch, watch_rx) = match notifier {
         Some(_) => {
@@ -60,6 +62,7 @@ pub async fn run(
         waiters: Arc::clone(&waiters),
         limits: config.limits(),
         stats: Arc::clone(&stats),
+        metrics: Arc::clone(&metrics),
     });
 
     let background = CancellationToken::new();
@@ -85,8 +88,20 @@ pub async fn run(
         reporter.clone(),
         Arc::clone(&store),
         notifier,
+        metrics,
         background.clone(),
     ));
+    if let Some(addr) = config.http_listen {
+        let http = TcpListener::bind(addr).await.map_err(DaemonError::Http)?;
+        tracing::info!(%addr, "http serving /metrics and the REST API");
+        let core = Arc::clone(&core);
+        let stop = background.clone();
+        tokio::spawn(async move {
+            if let Err(err) = crate::http::serve(http, core, stop).await {
+                tracing::error!(error = %err, "http server failed");
+            }
+        });
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -121,7 +136,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LockServiceServer::new(LockApi::new(core)))
+        .add_service(LockServiceServer::new(LockApi::new(Arc::clone(&core))))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await;
     background.cancel();
@@ -185,6 +200,7 @@ async fn watch_health(
     reporter: HealthReporter,
     store: Arc<Store>,
     notifier: Option<Arc<lockd_redis::Notifier>>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut serving = true;
@@ -201,6 +217,7 @@ async fn watch_health(
                 tracing::debug!(error = %err, "notification connection ping failed");
             }
         }
+        metrics.set_store_up(result.is_ok());
         match (result, serving) {
             (Err(err), true) => {
                 tracing::warn!(error = %err, "store unreachable: not serving");

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use lockd_core::LockError;
 use lockd_core::validate::RawAcquire;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +24,21 @@ pub struct LockApi {
 impl LockApi {
     pub fn new(core: Arc<LockCore>) -> LockApi {
         LockApi { core }
+    }
+}
+
+impl LockApi {
+    /// Runs a handler body, recording its duration and error code.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        body: impl std::future::Future<Output = Result<T, LockError>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let result = body.await.map_err(status);
+        let failed = result.as_ref().err().map(Status::code);
+        self.core.metrics.rpc(method, started.elapsed(), failed);
+        result
     }
 }
 
@@ -61,10 +77,8 @@ impl LockService for LockApi {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let lease = self
-            .core
-            .acquire(&raw(request.get_ref()))
-            .await
-            .map_err(status)?;
+            .observe("Acquire", self.core.acquire(&raw(request.get_ref())))
+            .await?;
         Ok(Response::new(pb::AcquireResponse {
             lease: Some(convert::lease(lease)),
         }))
@@ -75,10 +89,8 @@ impl LockService for LockApi {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = request.get_ref();
-        self.core
-            .release(&r.lock_id, &r.client_id)
-            .await
-            .map_err(status)?;
+        self.observe("Release", self.core.release(&r.lock_id, &r.client_id))
+            .await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
@@ -88,10 +100,8 @@ impl LockService for LockApi {
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let r = request.get_ref();
         let lease = self
-            .core
-            .renew(&r.lock_id, &r.client_id, r.ttl_ms)
-            .await
-            .map_err(status)?;
+            .observe("Renew", self.core.renew(&r.lock_id, &r.client_id, r.ttl_ms))
+            .await?;
         Ok(Response::new(pb::RenewResponse {
             lease: Some(convert::lease(lease)),
         }))
@@ -103,14 +113,18 @@ impl LockService for LockApi {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<Self::WaitQueueStream>, Status> {
+        let started = std::time::Instant::now();
         let acquired = self
-            .core
-            .start_acquire(&raw(request.get_ref()))
-            .await
-            .map_err(status)?;
+            .observe(
+                "WaitQueue",
+                self.core.start_acquire(&raw(request.get_ref())),
+            )
+            .await?;
+        let metrics = std::sync::Arc::clone(&self.core.metrics);
         let (tx, rx) = mpsc::channel(8);
         match acquired {
             Acquired::Granted(lease) => {
+                metrics.waited(started.elapsed());
                 // The channel is empty and has room: this cannot fail.
                 let _ = tx.try_send(Ok(granted(lease)));
             }
@@ -140,6 +154,7 @@ impl LockService for LockApi {
                             Ok(WaitEvent::Granted(lease)) => {
                                 if tx.send(Ok(granted(lease))).await.is_ok() {
                                     ticket.delivered();
+                                    metrics.waited(started.elapsed());
                                 }
                                 // Ending the stream here means a client that
                                 // stops reading after Granted keeps its lease.
@@ -147,7 +162,9 @@ impl LockService for LockApi {
                             }
                             Err(err) => {
                                 ticket.leave().await;
-                                let _ = tx.send(Err(status(err))).await;
+                                let err = status(err);
+                                metrics.rpc("WaitQueue", started.elapsed(), Some(err.code()));
+                                let _ = tx.send(Err(err)).await;
                                 return;
                             }
                         }
@@ -163,10 +180,8 @@ impl LockService for LockApi {
         request: Request<pb::GetLockRequest>,
     ) -> Result<Response<pb::GetLockResponse>, Status> {
         let lease = self
-            .core
-            .get(&request.get_ref().lock_id)
-            .await
-            .map_err(status)?;
+            .observe("GetLock", self.core.get(&request.get_ref().lock_id))
+            .await?;
         Ok(Response::new(pb::GetLockResponse {
             lease: Some(convert::lease(lease)),
         }))
@@ -177,10 +192,8 @@ impl LockService for LockApi {
         request: Request<pb::ListHeldRequest>,
     ) -> Result<Response<pb::ListHeldResponse>, Status> {
         let leases = self
-            .core
-            .held(&request.get_ref().client_id)
-            .await
-            .map_err(status)?;
+            .observe("ListHeld", self.core.held(&request.get_ref().client_id))
+            .await?;
         Ok(Response::new(pb::ListHeldResponse {
             leases: leases.into_iter().map(convert::lease).collect(),
         }))
@@ -191,7 +204,7 @@ impl LockService for LockApi {
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
         let resource = request.into_inner().resource;
-        let view = self.core.queue(&resource).await.map_err(status)?;
+        let view = self.observe("GetQueue", self.core.queue(&resource)).await?;
         Ok(Response::new(pb::GetQueueResponse {
             resource,
             holders: view.holders.into_iter().map(convert::lease).collect(),
@@ -203,7 +216,7 @@ impl LockService for LockApi {
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let stats = self.core.stats().await.map_err(status)?;
+        let stats = self.observe("GetStats", self.core.stats()).await?;
         Ok(Response::new(convert::stats(stats)))
     }
 }

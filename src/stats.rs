@@ -1,21 +1,30 @@
 //! Statistics of this daemon's operations, added to the deployment-wide totals in batches.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use lockd_core::{Event, Stats, StatsDelta};
 
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Counter changes gathered since the last flush.
-#[derive(Default)]
 pub struct StatsRecorder {
     pending: Mutex<StatsDelta>,
+    metrics: Arc<Metrics>,
 }
 
 impl StatsRecorder {
+    pub fn new(metrics: Arc<Metrics>) -> StatsRecorder {
+        StatsRecorder {
+            pending: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// Adds the events of one operation on `resource`.
     pub fn record(&self, resource: &str, events: &[Event]) {
         if !events.is_empty() {
+            self.metrics.record(events);
             self.lock().record(resource, events);
         }
     }

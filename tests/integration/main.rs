@@ -7,3 +7,5 @@ mod api;
 mod basics;
 mod failures;
 mod replicas;
+mod model;
+mod http;

@@ -1,0 +1,1 @@
+//! Placeholder: the HTTP port tests are being written.

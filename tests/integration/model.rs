@@ -1,0 +1,1 @@
+//! Placeholder: the model-based property test is being written.
