@@ -90,9 +90,4 @@ impl Config {
             max_queue: self.max_queue,
         }
     }
-
-    /// A configuration from flags, for tests and embedding.
-    pub fn from_args<I: IntoIterator<Item = &'static str>>(args: I) -> Config {
-        Config::parse_from(std::iter::once("lockd").chain(args))
-    }
 }
