@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use lockd_client::testing::{DevDaemon, unique_client_id};
+use lockd_client::testing::{DevDaemon, RedisServer, unique_client_id};
 use lockd_client::{Client, Code};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -250,6 +250,48 @@ async fn health_reports_serving_on_both_endpoint_forms() {
         .args(["--json", "health"]);
     let json = run(cmd).await;
     assert_eq!(json.assert_status(0).json()["status"], "SERVING");
+}
+
+#[tokio::test]
+async fn health_names_services_and_fails_when_redis_is_down() {
+    let daemon = DevDaemon::start();
+    let me = unique_client_id("ctl");
+    let api = run(lockctl(
+        &daemon,
+        &me,
+        &["health", "--service", "lockd.v1.LockService"],
+    ))
+    .await;
+    assert_eq!(api.assert_status(0).stdout.trim(), "SERVING");
+    let unknown = run(lockctl(
+        &daemon,
+        &me,
+        &["health", "--service", "no.such.Service"],
+    ))
+    .await;
+    unknown.assert_status(4);
+
+    let Some(mut redis) = RedisServer::start() else {
+        eprintln!("redis-server is not installed: NOT_SERVING is not checked");
+        return;
+    };
+    let daemon = DevDaemon::start_with_redis(&redis.url(), &[]);
+    run(lockctl(&daemon, &me, &["health"]))
+        .await
+        .assert_status(0);
+    redis.stop();
+    let down = eventually(
+        Duration::from_secs(10),
+        "health to turn NOT_SERVING",
+        || async {
+            let out = run(lockctl(&daemon, &me, &["--json", "health"])).await;
+            (out.status != 0).then_some(out)
+        },
+    )
+    .await;
+    down.assert_status(10);
+    assert_eq!(down.json()["status"], "NOT_SERVING");
+    assert!(down.stderr.contains("lockd is NOT_SERVING"), "{down:?}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Starts a throwaway `lockd --dev` daemon on a free loopback port, for
-//! integration tests (feature `test-util`).
+//! integration tests (feature `test-util`); also a throwaway Redis, for tests
+//! of the daemon's Redis mode.
 //!
 //! The daemon binary is `$LOCKD_BIN` when set. Otherwise it is
 //! `<target>/debug/lockd` of this workspace, which is first brought up to date
@@ -44,12 +45,23 @@ impl DevDaemon {
 
     /// Like [`DevDaemon::start`], with more daemon flags appended.
     pub fn start_with_args(args: &[&str]) -> DevDaemon {
+        DevDaemon::launch(&["--dev"], args)
+    }
+
+    /// Starts a daemon that keeps its state in the Redis at `redis_url`
+    /// (not `--dev`), with more daemon flags appended.
+    pub fn start_with_redis(redis_url: &str, args: &[&str]) -> DevDaemon {
+        DevDaemon::launch(&["--redis-url", redis_url], args)
+    }
+
+    fn launch(store: &[&str], args: &[&str]) -> DevDaemon {
         let bin = lockd_bin();
+        let args: Vec<&str> = store.iter().chain(args).copied().collect();
         let mut last_failure = String::new();
         // A free port can be taken by someone else between our probe and the
         // daemon's bind: try a few.
         for _ in 0..3 {
-            match try_start(bin, args) {
+            match try_start(bin, &args) {
                 Ok(daemon) => return daemon,
                 Err(failure) => last_failure = failure,
             }
@@ -95,6 +107,78 @@ impl Drop for DevDaemon {
     }
 }
 
+/// A throwaway `redis-server` on a free loopback port, without persistence;
+/// killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server`, or returns `None` when it is not installed.
+    /// Panics if it is installed but does not come up.
+    pub fn start() -> Option<RedisServer> {
+        let port = free_port().expect("a free port");
+        let child = match Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("running redis-server: {e}"),
+        };
+        let mut redis = RedisServer {
+            child: Some(child),
+            port,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            let exited = redis
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!("redis-server exited with {status} before listening on {addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(redis)
+    }
+
+    /// `redis://127.0.0.1:<port>`, for `lockd --redis-url`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server now (it is killed on drop anyway).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// `<prefix>-<pid>-<counter>`: distinct across tests and test processes.
 pub fn unique_client_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,10 +188,7 @@ pub fn unique_client_id(prefix: &str) -> String {
 }
 
 fn try_start(bin: &Path, args: &[&str]) -> Result<DevDaemon, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port();
+    let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let log_dir = target_dir().join("lockd-test-logs");
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("creating {log_dir:?}: {e}"))?;
@@ -115,7 +196,7 @@ fn try_start(bin: &Path, args: &[&str]) -> Result<DevDaemon, String> {
     let out = File::create(&log).map_err(|e| format!("creating {log:?}: {e}"))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new(bin)
-        .args(["--dev", "--listen", &addr.to_string()])
+        .args(["--listen", &addr.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

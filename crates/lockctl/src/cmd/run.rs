@@ -48,8 +48,10 @@ impl Signals {
 }
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8, Failure> {
-    let mut signals = Signals::install()?;
     let client = ctx.connect().await?;
+    // From here on lockctl has a lock or a place in line to give back, so
+    // signals are handled instead of ending the process outright.
+    let mut signals = Signals::install()?;
     let resource = args.lock.resource.clone();
     let guard = wait_for_lock(
         lock_request(&client, &args.lock).queue(),

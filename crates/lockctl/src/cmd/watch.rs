@@ -19,9 +19,9 @@ pub async fn run(ctx: &Ctx, resource: &str, interval: Duration) -> Result<(), Fa
         signal(kind)
             .map_err(|e| Failure::new(UNEXPECTED, format!("installing a signal handler: {e}")))
     };
+    let client = ctx.connect().await?;
     let mut interrupt = install(SignalKind::interrupt())?;
     let mut terminate = install(SignalKind::terminate())?;
-    let client = ctx.connect().await?;
     let redraw = !ctx.out.json && std::io::stdout().is_terminal();
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
