@@ -430,6 +430,22 @@ async fn a_waiter_whose_connection_drops_leaves(backend: Backend) {
     let mut behind = Waiting::start(&mut c, req("r", "behind").wait(30_000)).await;
     let q = behind.queued().await;
     assert!(q.position <= 1);
+    // The daemon notices the closed connection and takes its waiter out of line.
+    let alone = eventually(Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move {
+            let queue = c
+                .get_queue(pb::GetQueueRequest {
+                    resource: "r".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            queue.waiters.len() == 1 && queue.waiters[0].client_id == "behind"
+        }
+    })
+    .await;
+    assert!(alone, "the vanished waiter left the queue");
     release(&mut c, &holder).await;
     let lease = behind.granted().await;
     assert_eq!(lease.client_id, "behind", "the vanished waiter was skipped");

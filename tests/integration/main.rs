@@ -6,6 +6,6 @@ mod harness;
 mod api;
 mod basics;
 mod failures;
-mod replicas;
-mod model;
 mod http;
+mod model;
+mod replicas;
