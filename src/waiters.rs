@@ -23,6 +23,10 @@ use tokio_util::task::TaskTracker;
 use crate::stats::StatsRecorder;
 use crate::store::Store;
 
+/// How many of this daemon's waiters on a resource an event-driven sync
+/// asks about: the ones at the front, whose positions matter most.
+const POSITIONS_PER_SYNC: usize = 64;
+
 /// What a waiting call hears about its place in line.
 #[derive(Debug)]
 enum Update {
@@ -40,6 +44,8 @@ pub enum WaitEvent {
 
 struct LocalWaiter {
     updates: mpsc::UnboundedSender<Update>,
+    /// Arrival order on this daemon, which is also the order in the store's queue.
+    arrival: u64,
     /// Set once the store has queued it; syncs ask only about queued waiters.
     queued: bool,
     /// The last position sent; positions only ever go down.
@@ -49,9 +55,11 @@ struct LocalWaiter {
 #[derive(Default)]
 struct LocalResource {
     waiters: HashMap<String, LocalWaiter>,
-    /// A sync is running; `again` asks it to run once more.
+    /// A sync is running; `again` asks it to run once more, `again_full`
+    /// to ask for every waiter's position.
     syncing: bool,
     again: bool,
+    again_full: bool,
     /// When the pending expiry timer fires.
     timer_at: Option<Instant>,
 }
@@ -68,6 +76,8 @@ pub struct Waiters {
     /// Resources whose subscription may need to change; one task applies them in order.
     watch: Option<mpsc::UnboundedSender<String>>,
     stats: Arc<StatsRecorder>,
+    /// Next arrival number.
+    arrivals: std::sync::atomic::AtomicU64,
     /// Background leaves and syncs, awaited at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -115,6 +125,7 @@ impl Waiters {
             resources: Mutex::default(),
             watch,
             stats,
+            arrivals: std::sync::atomic::AtomicU64::new(0),
             tasks: TaskTracker::new(),
             shutdown,
         }
@@ -147,6 +158,9 @@ impl Waiters {
                     secret.clone(),
                     LocalWaiter {
                         updates: tx,
+                        arrival: self
+                            .arrivals
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                         queued: false,
                         position: None,
                     },
@@ -298,8 +312,15 @@ impl Waiters {
         });
     }
 
-    /// Looks at a resource again soon; runs coalesce, one at a time per resource.
+    /// Looks at a resource again soon; runs coalesce, one at a time per
+    /// resource. Such a sync asks where only the first [`POSITIONS_PER_SYNC`]
+    /// of this daemon's waiters stand, so that its cost does not grow with the
+    /// queue; the periodic sync asks for all of them.
     pub fn request_sync(self: &Arc<Self>, resource: &str) {
+        self.schedule_sync(resource, false);
+    }
+
+    fn schedule_sync(self: &Arc<Self>, resource: &str, full: bool) {
         {
             let mut local = self.local();
             let Some(r) = local.get_mut(resource) else {
@@ -307,6 +328,7 @@ impl Waiters {
             };
             if r.syncing {
                 r.again = true;
+                r.again_full |= full;
                 return;
             }
             r.syncing = true;
@@ -314,26 +336,33 @@ impl Waiters {
         let this = Arc::clone(self);
         let resource = resource.to_owned();
         self.tasks
-            .spawn(async move { this.run_sync(resource).await });
+            .spawn(async move { this.run_sync(resource, full).await });
     }
 
-    /// Syncs every resource with local waiters: keeps them alive in the store
-    /// and catches whatever notifications were missed.
+    /// Syncs every resource with local waiters: keeps them alive in the store,
+    /// refreshes every position and catches whatever notifications were missed.
     pub fn sync_all(self: &Arc<Self>) {
         for resource in self.resources() {
-            self.request_sync(&resource);
+            self.schedule_sync(&resource, true);
         }
     }
 
-    async fn run_sync(self: Arc<Self>, resource: String) {
+    async fn run_sync(self: Arc<Self>, resource: String, mut full: bool) {
         loop {
             let secrets: Vec<String> = match self.local().get(&resource) {
-                Some(r) => r
-                    .waiters
-                    .iter()
-                    .filter(|(_, w)| w.queued)
-                    .map(|(s, _)| s.clone())
-                    .collect(),
+                Some(r) => {
+                    let mut queued: Vec<(u64, &String)> = r
+                        .waiters
+                        .iter()
+                        .filter(|(_, w)| w.queued)
+                        .map(|(s, w)| (w.arrival, s))
+                        .collect();
+                    if !full && queued.len() > POSITIONS_PER_SYNC {
+                        queued.select_nth_unstable(POSITIONS_PER_SYNC);
+                        queued.truncate(POSITIONS_PER_SYNC);
+                    }
+                    queued.into_iter().map(|(_, s)| s.clone()).collect()
+                }
                 None => return,
             };
             let (result, effects) = self.store.sync(&resource, &secrets, &self.caller()).await;
@@ -344,7 +373,10 @@ impl Waiters {
             }
             let mut local = self.local();
             match local.get_mut(&resource) {
-                Some(r) if r.again => r.again = false,
+                Some(r) if r.again => {
+                    r.again = false;
+                    full = std::mem::take(&mut r.again_full);
+                }
                 Some(r) => {
                     r.syncing = false;
                     return;
