@@ -113,7 +113,7 @@ impl Metrics {
         );
         registry.register(
             "lockd_rpc_duration_seconds",
-            "gRPC handling time by method",
+            "Request handling time by method (gRPC; http.* for the REST API)",
             m.rpc.clone(),
         );
         registry.register(
