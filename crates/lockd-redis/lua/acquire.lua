@@ -7,9 +7,7 @@ sweep()
 promote()
 -- Granted at once only when nobody is queued ahead: no barging.
 if redis.call('EXISTS', Q) == 0 and admits(mode) then
-  local h = new_holder(mode, ttl, maxr, client)
-  put_holder(secret, h)
-  events[#events + 1] = 'g' .. mode
+  local h = grant(secret, mode, ttl, maxr, client)
   return finish(me, 'granted', fmt_holder(h))
 end
 if wait == 0 then

@@ -29,6 +29,8 @@ local QUEUE_IDLE_MS = 60000
 
 -- Statistics events for the daemon: g<mode>, r|x|a<mode>:<held ms>, q+, q-.
 local events = {}
+-- Every grant this script made (secret, record, ...), for the client lease index.
+local granted = {}
 
 local function shared(mode)
   return mode == 2 or mode == 3
@@ -113,6 +115,16 @@ local function put_holder(secret, h)
   redis.call('HSET', H, secret, fmt_holder(h))
 end
 
+-- Grants a new lease to `secret`.
+local function grant(secret, mode, ttl, maxr, client)
+  local h = new_holder(mode, ttl, maxr, client)
+  put_holder(secret, h)
+  events[#events + 1] = 'g' .. mode
+  granted[#granted + 1] = secret
+  granted[#granted + 1] = fmt_holder(h)
+  return h
+end
+
 -- Whether a request in `mode` may join the current holders.
 local function admits(mode)
   if not shared(mode) then
@@ -167,10 +179,9 @@ local function promote()
       else
         redis.call('ZREM', Q, head)
         redis.call('HDEL', W, head)
-        put_holder(head, new_holder(w.mode, w.ttl, w.maxr, w.client))
-        redis.call('HSET', G, head, w.daemon)
         events[#events + 1] = 'q-'
-        events[#events + 1] = 'g' .. w.mode
+        grant(head, w.mode, w.ttl, w.maxr, w.client)
+        redis.call('HSET', G, head, w.daemon)
       end
     end
   end
@@ -178,7 +189,7 @@ end
 
 -- Grants the next in line, hands the caller its grants, sets key expiries and
 -- builds the reply: {status, payload, my grants (secret, record, ...),
--- ms to the earliest expiry or -1, events, queue length}.
+-- ms to the earliest expiry or -1, events, queue length, every grant made}.
 local function finish(me, status, payload)
   promote()
   local mine, others = {}, 0
@@ -229,5 +240,5 @@ local function finish(me, status, payload)
       redis.call('PEXPIRE', G, QUEUE_IDLE_MS)
     end
   end
-  return { status, payload or '', mine, next_exp, events, qlen }
+  return { status, payload or '', mine, next_exp, events, qlen, granted }
 end

@@ -11,6 +11,8 @@ pub(crate) struct ScriptReply {
     pub payload: Value,
     pub effects: Effects,
     pub queue_length: u64,
+    /// Every lease the script granted, to whichever daemon.
+    pub granted: Vec<Lease>,
 }
 
 fn bad(what: impl Into<String>) -> StoreError {
@@ -138,18 +140,15 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
     let next_expiry = int(&next()?)?;
     let events = array(next()?)?;
     let queue_length = int(&next()?)?.max(0) as u64;
+    let granted = leases(array(next()?)?, resource)?
+        .into_iter()
+        .map(|(_, lease)| lease)
+        .collect();
     let mut effects = Effects {
         next_expiry_in_ms: u64::try_from(next_expiry).ok(),
         ..Effects::default()
     };
-    for pair in mine.chunks(2) {
-        let [secret, record] = pair else {
-            return Err(bad("odd grant list"));
-        };
-        let secret = text(secret)?;
-        let lease = holder(&text(record)?, &secret, resource)?;
-        effects.my_grants.push((secret, lease));
-    }
+    effects.my_grants = leases(mine, resource)?;
     for e in &events {
         effects.events.push(event(&text(e)?)?);
     }
@@ -158,7 +157,22 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
         payload,
         effects,
         queue_length,
+        granted,
     })
+}
+
+/// A flat list `secret, record, ...` as secrets with their leases.
+fn leases(flat: Vec<Value>, resource: &str) -> Result<Vec<(String, Lease)>, StoreError> {
+    flat.chunks(2)
+        .map(|pair| match pair {
+            [secret, record] => {
+                let secret = text(secret)?;
+                let lease = holder(&text(record)?, &secret, resource)?;
+                Ok((secret, lease))
+            }
+            _ => Err(bad("odd grant list")),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ impl RedisStore {
         args(&mut invocation);
         let value = self.invoke(&invocation).await?;
         let reply = reply::script_reply(value, resource)?;
-        for (_, lease) in &reply.effects.my_grants {
+        for lease in &reply.granted {
             self.index_put(lease);
         }
         Ok(reply)
@@ -219,10 +219,7 @@ impl RedisStore {
         let result = match reply.status.as_str() {
             "granted" => text(&reply.payload)
                 .and_then(|record| reply::holder(&record, secret, &spec.resource))
-                .map(|lease| {
-                    self.index_put(&lease);
-                    AcquireOutcome::Granted(lease)
-                })
+                .map(AcquireOutcome::Granted)
                 .map_err(LockError::from),
             "busy" => Ok(AcquireOutcome::Busy),
             "queued" => queued(reply.payload).map_err(LockError::from),
