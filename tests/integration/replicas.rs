@@ -155,3 +155,38 @@ async fn every_replica_answers_the_same_stats_and_held_leases() {
     assert_eq!(s.top_resources[0].resource, "s1");
     assert_eq!(s.top_resources[0].locks, 2);
 }
+
+/// Calls of one command since the last CONFIG RESETSTAT.
+fn command_calls(conn: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_waiter_costs_about_one_sync_a_second() {
+    let env = Env::new(Backend::Redis, 2).await;
+    let mut a = env.client(0).await;
+    let mut b = env.client(1).await;
+    let _held = acquire(&mut a, req("r", "a").ttl(60_000)).await;
+    let mut w1 = Waiting::start(&mut a, req("r", "w1").wait(60_000)).await;
+    w1.queued().await;
+    let mut w2 = Waiting::start(&mut b, req("r", "w2").wait(60_000)).await;
+    w2.queued().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = env.redis.as_ref().unwrap().connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two daemons, one periodic sync a second each; scripts' own key-expiry
+    // refreshes must not wake further syncs.
+    let scripts = command_calls(&mut conn, "evalsha");
+    assert!(
+        scripts <= 8,
+        "{scripts} scripts in 2 s while nothing changed"
+    );
+}

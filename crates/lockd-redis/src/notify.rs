@@ -48,10 +48,17 @@ impl Notifier {
         let on_push = move |push: PushInfo| {
             let notice = match push.kind {
                 PushKind::Message => {
-                    let channel = match push.data.first() {
-                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    let (channel, event) = match push.data.as_slice() {
+                        [Value::BulkString(c), Value::BulkString(e)] => (c, e),
                         _ => return Ok(()),
                     };
+                    // Every script refreshes key expiries; an `expire` event is
+                    // never a change of holders or queue, and following it would
+                    // make each sync wake the next one.
+                    if event.as_slice() == b"expire" {
+                        return Ok(());
+                    }
+                    let channel = String::from_utf8_lossy(channel).into_owned();
                     let resource = push_routes
                         .lock()
                         .ok()
