@@ -175,6 +175,13 @@ async fn an_idle_waiter_costs_about_one_sync_a_second() {
     w1.queued().await;
     let mut w2 = Waiting::start(&mut b, req("r", "w2").wait(60_000)).await;
     w2.queued().await;
+    // A resource whose newest token left with a holder that is gone, while an
+    // older holder stays: the script keeps that token in a field of its own.
+    let _older = acquire(&mut a, req("s", "s1").mode(pb::LockMode::Shared)).await;
+    let newer = acquire(&mut a, req("s", "s2").mode(pb::LockMode::Shared)).await;
+    let mut w3 = Waiting::start(&mut b, req("s", "w3").wait(60_000)).await;
+    w3.queued().await;
+    release(&mut a, &newer).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut conn = env.redis.as_ref().unwrap().connection();
     let _: () = redis::cmd("CONFIG")

@@ -62,13 +62,13 @@ end
 
 -- Load the holders once; every rule below works on this table and mirrors
 -- each change into H.
-local holders, nholders, last_token, had_token_field = {}, 0, 0, false
+local holders, nholders, last_token, token_field = {}, 0, 0, nil
 do
   local flat = redis.call('HGETALL', H)
   for i = 1, #flat, 2 do
     if flat[i] == '#t' then
-      had_token_field = true
-      last_token = math.max(last_token, tonumber(flat[i + 1]))
+      token_field = tonumber(flat[i + 1])
+      last_token = math.max(last_token, token_field)
     else
       local h = parse_holder(flat[i + 1])
       holders[flat[i]] = h
@@ -218,12 +218,15 @@ local function finish(me, status, payload)
   -- The holders key keeps the last token until the clock has passed it, so a
   -- token later made from the clock is still larger; then it expires.
   local token_until = math.floor(last_token / 1000) + 1
+  -- Writes happen only on change: each one notifies every daemon waiting here.
   if nholders == 0 and now_us > last_token then
     redis.call('DEL', H)
   else
     if last_token > max_token then
-      redis.call('HSET', H, '#t', string.format('%d', last_token))
-    elseif had_token_field then
+      if token_field ~= last_token then
+        redis.call('HSET', H, '#t', string.format('%d', last_token))
+      end
+    elseif token_field then
       redis.call('HDEL', H, '#t')
     end
     redis.call('PEXPIREAT', H, math.max(max_exp + EXPIRED_GRACE_MS, token_until))
