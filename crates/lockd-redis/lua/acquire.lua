@@ -6,14 +6,13 @@ local wait, me, liveness, max_queue = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[
 sweep()
 promote()
 -- Granted at once only when nobody is queued ahead: no barging.
-if redis.call('EXISTS', Q) == 0 and admits(mode) then
+if qlen == 0 and admits(mode) then
   local h = grant(secret, mode, ttl, maxr, client)
   return finish(me, 'granted', fmt_holder(h))
 end
 if wait == 0 then
   return finish(me, 'busy')
 end
-local qlen = redis.call('ZCARD', Q)
 if max_queue > 0 and qlen >= max_queue then
   return finish(me, 'full', qlen)
 end
@@ -23,8 +22,9 @@ if last[2] then
   seq = tonumber(last[2]) + 1
 end
 redis.call('ZADD', Q, seq, secret)
+qlen = qlen + 1
 redis.call('HSET', W, secret, fmt_waiter({ mode = mode, ttl = ttl, maxr = maxr, enq = now,
   deadline = now + wait + WAIT_GRACE_MS, daemon = me, client = client }))
 set_daemon_alive(me, liveness)
 events[#events + 1] = 'q+'
-return finish(me, 'queued', { qlen, qlen + 1 })
+return finish(me, 'queued', { qlen - 1, qlen })

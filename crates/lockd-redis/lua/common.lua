@@ -78,6 +78,20 @@ do
   end
 end
 
+-- The queue length and the inbox, read once and kept in step with every write
+-- below, so an uncontended operation reads each key once.
+local qlen = redis.call('ZCARD', Q)
+local inbox, inbox_found = {}, false
+do
+  local flat = redis.call('HGETALL', G)
+  for i = 1, #flat, 2 do
+    inbox[flat[i]] = flat[i + 1]
+    inbox_found = true
+  end
+end
+-- Whether D may exist and so may need deleting.
+local daemons_key = qlen > 0 or inbox_found
+
 local daemon_deadlines = {}
 local function daemon_alive(d)
   local deadline = daemon_deadlines[d]
@@ -89,6 +103,7 @@ local function daemon_alive(d)
 end
 
 local function set_daemon_alive(d, liveness_ms)
+  daemons_key = true
   daemon_deadlines[d] = now + liveness_ms
   redis.call('HSET', D, d, now + liveness_ms)
 end
@@ -98,7 +113,10 @@ local function end_hold(secret, how, held_ms)
   holders[secret] = nil
   nholders = nholders - 1
   redis.call('HDEL', H, secret)
-  redis.call('HDEL', G, secret)
+  if inbox[secret] then
+    inbox[secret] = nil
+    redis.call('HDEL', G, secret)
+  end
   events[#events + 1] = how .. h.mode .. ':' .. held_ms
 end
 
@@ -145,13 +163,13 @@ local function sweep()
       end_hold(secret, 'x', h.exp - h.acq)
     end
   end
-  local inbox = redis.call('HGETALL', G)
-  for i = 1, #inbox, 2 do
-    if not daemon_alive(inbox[i + 1]) then
-      redis.call('HDEL', G, inbox[i])
-      local h = holders[inbox[i]]
+  for secret, daemon in pairs(inbox) do
+    if not daemon_alive(daemon) then
+      inbox[secret] = nil
+      redis.call('HDEL', G, secret)
+      local h = holders[secret]
       if h then
-        end_hold(inbox[i], 'a', now - h.acq)
+        end_hold(secret, 'a', now - h.acq)
       end
     end
   end
@@ -160,31 +178,54 @@ end
 -- Grants the head of the queue while it is compatible with the holders,
 -- dropping dead entries on the way; grants go to the waiter's daemon's inbox.
 local function promote()
-  while true do
+  while qlen > 0 do
     local head = redis.call('ZRANGE', Q, 0, 0)[1]
     if not head then
+      qlen = 0
       break
     end
     local raw = redis.call('HGET', W, head)
     if not raw then
       redis.call('ZREM', Q, head)
+      qlen = qlen - 1
     else
       local w = parse_waiter(raw)
       if w.deadline <= now or not daemon_alive(w.daemon) then
         redis.call('ZREM', Q, head)
         redis.call('HDEL', W, head)
+        qlen = qlen - 1
         events[#events + 1] = 'q-'
       elseif not admits(w.mode) then
         break
       else
         redis.call('ZREM', Q, head)
         redis.call('HDEL', W, head)
+        qlen = qlen - 1
         events[#events + 1] = 'q-'
         grant(head, w.mode, w.ttl, w.maxr, w.client)
+        inbox[head] = w.daemon
         redis.call('HSET', G, head, w.daemon)
       end
     end
   end
+end
+
+-- When the holders key should vanish: a minute after its last lease ends, and
+-- not before the clock has passed its last token; false when it can go now.
+local function holders_key_expiry()
+  if nholders == 0 and now_us > last_token then
+    return false
+  end
+  local max_exp = 0
+  for _, h in pairs(holders) do
+    max_exp = math.max(max_exp, h.exp)
+  end
+  return math.max(max_exp + EXPIRED_GRACE_MS, math.floor(last_token / 1000) + 1)
+end
+-- What the previous script set, for holders as they were loaded.
+local loaded_expiry = false
+if next(holders) ~= nil or token_field then
+  loaded_expiry = holders_key_expiry()
 end
 
 -- Grants the next in line, hands the caller its grants, sets key expiries and
@@ -193,34 +234,32 @@ end
 local function finish(me, status, payload)
   promote()
   local mine, others = {}, 0
-  local inbox = redis.call('HGETALL', G)
-  for i = 1, #inbox, 2 do
-    if inbox[i + 1] == me then
-      redis.call('HDEL', G, inbox[i])
-      local h = holders[inbox[i]]
+  for secret, daemon in pairs(inbox) do
+    if daemon == me then
+      inbox[secret] = nil
+      redis.call('HDEL', G, secret)
+      local h = holders[secret]
       if h then
-        mine[#mine + 1] = inbox[i]
+        mine[#mine + 1] = secret
         mine[#mine + 1] = fmt_holder(h)
       end
     else
       others = others + 1
     end
   end
-  local qlen = redis.call('ZCARD', Q)
-  local max_exp, max_token, next_exp = 0, 0, -1
+  local max_token, next_exp = 0, -1
   for _, h in pairs(holders) do
-    max_exp = math.max(max_exp, h.exp)
     max_token = math.max(max_token, h.token)
     if qlen > 0 and (next_exp < 0 or h.exp - now < next_exp) then
       next_exp = h.exp - now
     end
   end
-  -- The holders key keeps the last token until the clock has passed it, so a
-  -- token later made from the clock is still larger; then it expires.
-  local token_until = math.floor(last_token / 1000) + 1
   -- Writes happen only on change: each one notifies every daemon waiting here.
-  if nholders == 0 and now_us > last_token then
-    redis.call('DEL', H)
+  local expiry = holders_key_expiry()
+  if not expiry then
+    if loaded_expiry then
+      redis.call('DEL', H)
+    end
   else
     if last_token > max_token then
       if token_field ~= last_token then
@@ -229,10 +268,14 @@ local function finish(me, status, payload)
     elseif token_field then
       redis.call('HDEL', H, '#t')
     end
-    redis.call('PEXPIREAT', H, math.max(max_exp + EXPIRED_GRACE_MS, token_until))
+    if expiry ~= loaded_expiry then
+      redis.call('PEXPIREAT', H, expiry)
+    end
   end
   if qlen == 0 and others == 0 then
-    redis.call('DEL', D)
+    if daemons_key then
+      redis.call('DEL', D)
+    end
   else
     redis.call('PEXPIRE', D, QUEUE_IDLE_MS)
     if qlen > 0 then

@@ -4,6 +4,7 @@ local secret, me = ARGV[1], ARGV[2]
 
 sweep()
 if redis.call('ZREM', Q, secret) == 1 then
+  qlen = qlen - 1
   redis.call('HDEL', W, secret)
   events[#events + 1] = 'q-'
   return finish(me, 'left')
