@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("lockd_descriptor.bin"))
         .compile_protos(
             &[PathBuf::from("proto/lockd/v1/lock.proto")],

@@ -16,7 +16,9 @@
 //!   - [`stats`]: statistics batched into deployment-wide totals.
 //!   - [`metrics`]: Prometheus metrics; [`http`] serves them and the REST API.
 //!   - [`convert`], [`error`]: protobuf conversions and gRPC status codes.
+//!   - [`codec`]: the protobuf codec, with buffers sized for lockd's small messages.
 
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod core;

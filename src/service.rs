@@ -7,6 +7,7 @@ use lockd_core::LockError;
 use lockd_core::validate::RawAcquire;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -15,6 +16,9 @@ use crate::error::status;
 use crate::pb::lock_service_server::LockService;
 use crate::pb::{self, wait_event::Event};
 use crate::waiters::{Acquired, WaitEvent};
+
+/// The WaitQueue response stream.
+pub type WaitStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::WaitEvent, Status>> + Send>>;
 
 /// The LockService implementation.
 pub struct LockApi {
@@ -107,7 +111,7 @@ impl LockService for LockApi {
         }))
     }
 
-    type WaitQueueStream = ReceiverStream<Result<pb::WaitEvent, Status>>;
+    type WaitQueueStream = WaitStream;
 
     async fn wait_queue(
         &self,
@@ -121,19 +125,21 @@ impl LockService for LockApi {
             )
             .await?;
         let metrics = std::sync::Arc::clone(&self.core.metrics);
-        let (tx, rx) = mpsc::channel(8);
+        // Boxed items: a channel allocates room for 32 of them at once, and a
+        // waiter should cost little while it waits.
+        let (tx, rx) = mpsc::channel::<Box<Result<pb::WaitEvent, Status>>>(4);
         match acquired {
             Acquired::Granted(lease) => {
                 metrics.waited(started.elapsed());
                 // The channel is empty and has room: this cannot fail.
-                let _ = tx.try_send(Ok(granted(lease)));
+                let _ = tx.try_send(Box::new(Ok(granted(lease))));
             }
             Acquired::Waiting {
                 mut ticket,
                 position,
                 queue_length,
             } => {
-                let _ = tx.try_send(Ok(queued(position, queue_length)));
+                let _ = tx.try_send(Box::new(Ok(queued(position, queue_length))));
                 tokio::spawn(async move {
                     loop {
                         let event = tokio::select! {
@@ -147,12 +153,16 @@ impl LockService for LockApi {
                                 position,
                                 queue_length,
                             }) => {
-                                if tx.send(Ok(queued(position, queue_length))).await.is_err() {
+                                if tx
+                                    .send(Box::new(Ok(queued(position, queue_length))))
+                                    .await
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }
                             Ok(WaitEvent::Granted(lease)) => {
-                                if tx.send(Ok(granted(lease))).await.is_ok() {
+                                if tx.send(Box::new(Ok(granted(lease)))).await.is_ok() {
                                     ticket.delivered();
                                     metrics.waited(started.elapsed());
                                 }
@@ -164,7 +174,7 @@ impl LockService for LockApi {
                                 ticket.leave().await;
                                 let err = status(err);
                                 metrics.rpc("WaitQueue", started.elapsed(), Some(err.code()));
-                                let _ = tx.send(Err(err)).await;
+                                let _ = tx.send(Box::new(Err(err))).await;
                                 return;
                             }
                         }
@@ -172,7 +182,9 @@ impl LockService for LockApi {
                 });
             }
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|event| *event),
+        )))
     }
 
     async fn get_lock(

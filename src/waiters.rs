@@ -15,7 +15,7 @@ use lockd_core::{
     WaiterState,
 };
 use lockd_redis::{Notice, Notifier};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,10 +27,17 @@ use crate::store::Store;
 /// asks about: the ones at the front, whose positions matter most.
 const POSITIONS_PER_SYNC: usize = 64;
 
-/// What a waiting call hears about its place in line.
-#[derive(Debug)]
+/// What a waiting call hears about its place in line. Kept in a watch
+/// channel: a newer position replaces an unread one (updates may be
+/// coalesced), and a waiter costs one small allocation, not a channel buffer.
+#[derive(Debug, Clone)]
 enum Update {
-    Position { position: u64, queue_length: u64 },
+    /// Nothing new since the request was queued.
+    Waiting,
+    Position {
+        position: u64,
+        queue_length: u64,
+    },
     Granted(Lease),
     Gone,
 }
@@ -43,7 +50,7 @@ pub enum WaitEvent {
 }
 
 struct LocalWaiter {
-    updates: mpsc::UnboundedSender<Update>,
+    updates: watch::Sender<Update>,
     /// Arrival order on this daemon, which is also the order in the store's queue.
     arrival: u64,
     /// Set once the store has queued it; syncs ask only about queued waiters.
@@ -90,7 +97,7 @@ pub struct Ticket {
     waiters: Arc<Waiters>,
     resource: String,
     secret: String,
-    updates: mpsc::UnboundedReceiver<Update>,
+    updates: watch::Receiver<Update>,
     deadline: Instant,
     waited_ms: u64,
     registered: bool,
@@ -147,7 +154,7 @@ impl Waiters {
     /// Tries to acquire; if the request may wait, queues it and returns a ticket.
     pub async fn acquire(self: &Arc<Self>, spec: &AcquireSpec) -> Result<Acquired, LockError> {
         let secret = LockId::generate(&spec.resource).secret;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = watch::channel(Update::Waiting);
         let registered = spec.wait_ms > 0;
         if registered {
             self.local()
@@ -476,23 +483,28 @@ impl Ticket {
     /// Waits for the next change: a better position, or the grant. Fails at
     /// the wait deadline, at shutdown, or if the store dropped the request.
     pub async fn next(&mut self) -> Result<WaitEvent, LockError> {
-        let update = tokio::select! {
-            update = self.updates.recv() => update,
+        let changed = tokio::select! {
+            changed = self.updates.changed() => changed,
             _ = tokio::time::sleep_until(self.deadline) => {
                 return Err(LockError::WaitTimeout { waited_ms: self.waited_ms });
             }
             _ = self.waiters.shutdown.cancelled() => return Err(LockError::ShuttingDown),
         };
+        let update = match changed {
+            Ok(()) => self.updates.borrow_and_update().clone(),
+            // Forgotten without an end result.
+            Err(_) => Update::Gone,
+        };
         match update {
-            Some(Update::Position {
+            Update::Position {
                 position,
                 queue_length,
-            }) => Ok(WaitEvent::Position {
+            } => Ok(WaitEvent::Position {
                 position,
                 queue_length,
             }),
-            Some(Update::Granted(lease)) => Ok(WaitEvent::Granted(lease)),
-            Some(Update::Gone) | None => Err(LockError::Unavailable(
+            Update::Granted(lease) => Ok(WaitEvent::Granted(lease)),
+            Update::Waiting | Update::Gone => Err(LockError::Unavailable(
                 "the request was dropped from the queue; try again".to_owned(),
             )),
         }
