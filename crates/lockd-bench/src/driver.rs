@@ -150,7 +150,7 @@ async fn measure(
                 workload.name(),
                 kind.name(),
                 level_name.clone(),
-                settings.clients,
+                level.unwrap_or(settings.clients),
             )
             .error(e),
         ]

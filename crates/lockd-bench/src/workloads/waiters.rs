@@ -22,8 +22,6 @@ use crate::metrics::{CmdStats, Lat, RedisProbe};
 use crate::report::{Row, bytes};
 use crate::systems::{Held, LockReq};
 
-/// Lease TTL of the holder and the waiters.
-const TTL_MS: u64 = 60_000;
 /// How long a waiter may wait.
 const WAIT: Duration = Duration::from_secs(300);
 /// Joins in flight at once while filling the line.
@@ -126,10 +124,14 @@ pub async fn measure(ctx: &Ctx, w: usize) -> Result<Row> {
     let s = &ctx.settings;
     let sys = ctx.system.clone();
     let resource = ctx.resource(&format!("q/{w}"));
+    // Leases outlive the whole measurement: the holder's is not renewed while
+    // the line fills, and an expiry would end it early.
+    let ttl_ms =
+        (s.waiter_fill_budget + s.idle_window + s.waiter_handoff_time).as_millis() as u64 + 60_000;
     let req = |who: String| LockReq {
         resource: resource.clone(),
         client_id: who,
-        ttl_ms: TTL_MS,
+        ttl_ms,
         wait: WAIT,
     };
     let holder = sys
@@ -231,7 +233,7 @@ pub async fn measure(ctx: &Ctx, w: usize) -> Result<Row> {
         c.last_release = t0;
     }
     sys.release(0, &holder).await.context("holder release")?;
-    let last = tokio::time::timeout(limit + Duration::from_secs(30), last_rx.recv()).await;
+    let last = tokio::time::timeout(limit + Duration::from_secs(10), last_rx.recv()).await;
     let elapsed = t0.elapsed();
     let after = match &ctx.redis {
         Some(r) => Some(snap(r).await?),
