@@ -7,6 +7,9 @@ use lockd_core::{Event, Stats, StatsDelta};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+/// How many of its busiest resources a daemon adds to the top list per flush.
+const RESOURCES_PER_FLUSH: usize = 32;
+
 /// Counter changes gathered since the last flush.
 pub struct StatsRecorder {
     pending: Mutex<StatsDelta>,
@@ -35,10 +38,11 @@ impl StatsRecorder {
 
     /// Adds what was gathered to the store's totals; on failure keeps it for the next try.
     pub async fn flush(&self, store: &Store) {
-        let delta = std::mem::take(&mut *self.lock());
+        let mut delta = std::mem::take(&mut *self.lock());
         if delta.is_empty() {
             return;
         }
+        delta.keep_top_resources(RESOURCES_PER_FLUSH);
         if let Err(err) = store.add_stats(&delta).await {
             tracing::warn!(error = %err, "flushing statistics failed; will retry");
             self.lock().merge(delta);

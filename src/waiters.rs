@@ -69,6 +69,9 @@ struct LocalResource {
     again_full: bool,
     /// When the pending expiry timer fires.
     timer_at: Option<Instant>,
+    /// Whether a subscription was asked for: only then does forgetting the
+    /// resource need to reach the watcher. Requests granted at once never ask.
+    watched: bool,
 }
 
 /// The waiters of this daemon and the machinery that wakes them.
@@ -203,13 +206,12 @@ impl Waiters {
                 position,
                 queue_length,
             }) => {
-                if let Some(w) = self
-                    .local()
-                    .get_mut(&spec.resource)
-                    .and_then(|r| r.waiters.get_mut(&secret))
-                {
-                    w.queued = true;
-                    w.position = Some(position);
+                if let Some(r) = self.local().get_mut(&spec.resource) {
+                    r.watched = true;
+                    if let Some(w) = r.waiters.get_mut(&secret) {
+                        w.queued = true;
+                        w.position = Some(position);
+                    }
                 }
                 self.request_watch(&spec.resource);
                 Ok(Acquired::Waiting {
@@ -239,34 +241,31 @@ impl Waiters {
     /// Hands an end result to a local waiter and forgets it. A waiter that is
     /// no longer here went away; its ticket's drop takes care of the store.
     fn deliver(self: &Arc<Self>, resource: &str, secret: &str, update: Update) {
-        let waiter = {
-            let mut local = self.local();
-            let Some(r) = local.get_mut(resource) else {
-                return;
-            };
-            let waiter = r.waiters.remove(secret);
-            if r.waiters.is_empty() {
-                local.remove(resource);
-            }
-            waiter
-        };
-        if let Some(w) = waiter {
+        if let Some(w) = self.remove(resource, secret) {
             // A closed channel means the ticket is being dropped and will leave.
             let _ = w.updates.send(update);
-            self.request_watch(resource);
         }
     }
 
     fn forget(&self, resource: &str, secret: &str) {
+        self.remove(resource, secret);
+    }
+
+    /// Takes a waiter out of the local map; the last one of a watched
+    /// resource ends its subscription.
+    fn remove(&self, resource: &str, secret: &str) -> Option<LocalWaiter> {
         let mut local = self.local();
-        if let Some(r) = local.get_mut(resource) {
-            r.waiters.remove(secret);
-            if r.waiters.is_empty() {
-                local.remove(resource);
+        let r = local.get_mut(resource)?;
+        let waiter = r.waiters.remove(secret);
+        if r.waiters.is_empty() {
+            let watched = r.watched;
+            local.remove(resource);
+            drop(local);
+            if watched {
+                self.request_watch(resource);
             }
         }
-        drop(local);
-        self.request_watch(resource);
+        waiter
     }
 
     fn request_watch(&self, resource: &str) {

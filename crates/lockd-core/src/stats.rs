@@ -56,6 +56,19 @@ impl StatsDelta {
         }
     }
 
+    /// Keeps the `n` most granted resources of this delta. The top list is
+    /// approximate: a resource that is never among a daemon's `n` busiest of a
+    /// flush interval is not counted, which bounds the writes per flush.
+    pub fn keep_top_resources(&mut self, n: usize) {
+        if self.grants_by_resource.len() <= n {
+            return;
+        }
+        let mut counts: Vec<(String, u64)> = self.grants_by_resource.drain().collect();
+        counts.select_nth_unstable_by(n, |a, b| b.1.cmp(&a.1));
+        counts.truncate(n);
+        self.grants_by_resource = counts.into_iter().collect();
+    }
+
     /// Whether there is nothing to add.
     pub fn is_empty(&self) -> bool {
         *self == StatsDelta::default()
@@ -132,6 +145,21 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_busiest_resources_are_kept() {
+        let mut d = StatsDelta::default();
+        for (name, n) in [("a", 5), ("b", 1), ("c", 9), ("d", 2)] {
+            for _ in 0..n {
+                d.record(name, &[Event::Granted(LockMode::Exclusive)]);
+            }
+        }
+        d.keep_top_resources(2);
+        let mut kept: Vec<_> = d.grants_by_resource.into_iter().collect();
+        kept.sort();
+        assert_eq!(kept, vec![("a".to_owned(), 5), ("c".to_owned(), 9)]);
+        assert_eq!(d.grants_by_mode[0], 17, "other counters are untouched");
+    }
 
     #[test]
     fn events_add_up_to_totals() {

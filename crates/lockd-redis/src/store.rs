@@ -614,6 +614,8 @@ async fn write_index(
     while ops.recv_many(&mut batch, 512).await > 0 {
         let mut pipe = redis::pipe();
         let mut waiting = Vec::new();
+        // One expiry per client key and batch, the latest of its leases.
+        let mut expiries: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         for op in batch.drain(..) {
             match op {
                 IndexOp::Put {
@@ -622,23 +624,27 @@ async fn write_index(
                     expires_ms,
                 } => {
                     pipe.zadd(&key, &lock_id, expires_ms).ignore();
-                    // NX gives a new key an expiry; GT only ever extends it.
-                    pipe.cmd("PEXPIREAT")
-                        .arg(&key)
-                        .arg(expires_ms)
-                        .arg("NX")
-                        .ignore();
-                    pipe.cmd("PEXPIREAT")
-                        .arg(&key)
-                        .arg(expires_ms)
-                        .arg("GT")
-                        .ignore();
+                    let latest = expiries.entry(key).or_default();
+                    *latest = (*latest).max(expires_ms);
                 }
                 IndexOp::Remove { key, lock_id } => {
                     pipe.zrem(&key, &lock_id).ignore();
                 }
                 IndexOp::Flush(done) => waiting.push(done),
             }
+        }
+        for (key, expires_ms) in &expiries {
+            // NX gives a new key an expiry; GT only ever extends it.
+            pipe.cmd("PEXPIREAT")
+                .arg(key)
+                .arg(expires_ms)
+                .arg("NX")
+                .ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(key)
+                .arg(expires_ms)
+                .arg("GT")
+                .ignore();
         }
         if pipe.cmd_iter().next().is_some() {
             match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
