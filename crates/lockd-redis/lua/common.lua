@@ -36,16 +36,21 @@ local function shared(mode)
   return mode == 2 or mode == 3
 end
 
--- holder record: mode|token|acquired|expires|ttl|renewals|max_renewals|client
+-- holder record: mode|token-acquired*1000|acquired|expires-acquired|ttl|renewals|max_renewals|client
+-- Times are relative to `acquired` so that a record with a short client id
+-- stays within Redis' 64-byte listpack limit: a hash of small records takes
+-- about half the memory of one Redis has converted to a hash table.
 local function parse_holder(v)
-  local m, tok, acq, exp, ttl, ren, maxr, client =
+  local m, tok, acq, held, ttl, ren, maxr, client =
     string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
-  return { mode = tonumber(m), token = tonumber(tok), acq = tonumber(acq), exp = tonumber(exp),
+  acq = tonumber(acq)
+  return { mode = tonumber(m), token = acq * 1000 + tonumber(tok), acq = acq, exp = acq + tonumber(held),
            ttl = tonumber(ttl), ren = tonumber(ren), maxr = tonumber(maxr), client = client }
 end
 
 local function fmt_holder(h)
-  return string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token, h.acq, h.exp, h.ttl, h.ren, h.maxr, h.client)
+  return string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token - h.acq * 1000, h.acq, h.exp - h.acq,
+    h.ttl, h.ren, h.maxr, h.client)
 end
 
 -- waiter record: mode|ttl|max_renewals|enqueued|deadline|daemon|client

@@ -9,7 +9,8 @@ local holders = {}
 local flat = redis.call('HGETALL', H)
 for i = 1, #flat, 2 do
   if flat[i] ~= '#t' then
-    local exp = tonumber(string.match(flat[i + 1], '^%d|%d+|%d+|(%d+)|'))
+    local acq, held = string.match(flat[i + 1], '^%d|%d+|(%d+)|(%d+)|')
+    local exp = tonumber(acq) + tonumber(held)
     if exp > now then
       holders[#holders + 1] = flat[i + 1]
     end

@@ -60,10 +60,14 @@ fn num<T: std::str::FromStr>(field: Option<&str>) -> Result<T, StoreError> {
         .ok_or_else(|| bad("bad number in record"))
 }
 
-/// A holder record `mode|token|acquired|expires|ttl|renewals|max_renewals|client`.
+/// A holder record `mode|token-acquired*1000|acquired|expires-acquired|ttl|renewals|max_renewals|client`
+/// (see `parse_holder` in common.lua).
 pub(crate) fn holder(record: &str, secret: &str, resource: &str) -> Result<Lease, StoreError> {
     let mut f = record.splitn(8, '|');
     let mode = mode(f.next().unwrap_or_default())?;
+    let token_offset: u64 = num(f.next())?;
+    let acquired_at_ms: u64 = num(f.next())?;
+    let held_ms: u64 = num(f.next())?;
     Ok(Lease {
         lock_id: if secret.is_empty() {
             String::new()
@@ -72,9 +76,9 @@ pub(crate) fn holder(record: &str, secret: &str, resource: &str) -> Result<Lease
         },
         resource: resource.to_owned(),
         mode,
-        fencing_token: num(f.next())?,
-        acquired_at_ms: num(f.next())?,
-        expires_at_ms: num(f.next())?,
+        fencing_token: acquired_at_ms * 1000 + token_offset,
+        acquired_at_ms,
+        expires_at_ms: acquired_at_ms + held_ms,
         ttl_ms: num(f.next())?,
         renewal_count: num(f.next())?,
         max_renewals: num(f.next())?,
@@ -181,9 +185,10 @@ mod tests {
 
     #[test]
     fn holder_records_keep_pipes_in_client_ids() {
-        let lease = holder("3|17|1000|2000|1000|2|5|team|a|b", "s", "r").unwrap();
+        let lease = holder("3|17|1000|1000|1000|2|5|team|a|b", "s", "r").unwrap();
         assert_eq!(lease.mode, LockMode::Read);
-        assert_eq!(lease.fencing_token, 17);
+        assert_eq!(lease.fencing_token, 1_000_017);
+        assert_eq!(lease.acquired_at_ms, 1000);
         assert_eq!(lease.expires_at_ms, 2000);
         assert_eq!(lease.renewal_count, 2);
         assert_eq!(lease.max_renewals, 5);
