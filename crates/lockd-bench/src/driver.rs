@@ -156,12 +156,19 @@ async fn measure(
         ]
     };
     tracing::info!("{} on {}: starting", workload.name(), kind.name());
+    let started = std::time::Instant::now();
     let mut dep = match Deployment::start(kind, opts).await {
         Ok(d) => d,
         Err(e) => return error_row(format!("starting {}: {e:#}", kind.name())),
     };
     let rows = run_workload(&mut dep, workload, level, settings, prefix, peak, false).await;
     dep.stop().await;
+    tracing::info!(
+        "{} on {}: done in {:.1} s",
+        workload.name(),
+        kind.name(),
+        started.elapsed().as_secs_f64()
+    );
     rows.unwrap_or_else(|e| error_row(format!("{e:#}")))
 }
 
