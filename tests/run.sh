@@ -39,4 +39,9 @@ echo "== deploy/: manifests, dashboard"
 bash deploy/validate.sh
 
 echo "== cargo test"
-cargo test --workspace
+log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line for the whole run: cargo's own last line is often a crate
+# with no doc tests ("0 passed").
+awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo test: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
