@@ -273,77 +273,34 @@ async fn wrong_owner_and_unknown_locks(backend: Backend) {
     let env = Env::new(backend, 1).await;
     let mut c = env.client(0).await;
     let lease = acquire(&mut c, req("r", "a")).await;
-    let err = c
-        .release(pb::ReleaseRequest {
-            lock_id: lease.lock_id.clone(),
-            client_id: "b".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    let err = c
-        .renew(pb::RenewRequest {
-            lock_id: lease.lock_id.clone(),
-            client_id: "b".into(),
-            ttl_ms: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    // Still held by its owner.
-    c.get_lock(pb::GetLockRequest {
-        lock_id: lease.lock_id.clone(),
-    })
-    .await
-    .unwrap();
+    let id = lease.lock_id.as_str();
+    assert_eq!(release_code(&mut c, id, "b").await, Code::PermissionDenied);
+    assert_eq!(renew_code(&mut c, id, "b").await, Code::PermissionDenied);
+    assert_eq!(
+        get_code(&mut c, id).await,
+        Code::Ok,
+        "still held by its owner"
+    );
 
-    for unknown in ["nope", "AAAAAAAAAAAAAAAAAAAAAA.cg"] {
-        let err = c
-            .release(pb::ReleaseRequest {
-                lock_id: unknown.into(),
-                client_id: "a".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{unknown}");
-        let err = c
-            .get_lock(pb::GetLockRequest {
-                lock_id: unknown.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{unknown}");
-    }
     // A forged id with the right resource and a wrong secret names nothing.
-    let (_, encoded_resource) = lease.lock_id.split_once('.').unwrap();
+    let (_, encoded_resource) = id.split_once('.').unwrap();
     let forged = format!("AAAAAAAAAAAAAAAAAAAAAA.{encoded_resource}");
-    let err = c
-        .release(pb::ReleaseRequest {
-            lock_id: forged,
-            client_id: "a".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    for unknown in ["nope", "AAAAAAAAAAAAAAAAAAAAAA.cg", &forged] {
+        assert_eq!(
+            release_code(&mut c, unknown, "a").await,
+            Code::NotFound,
+            "{unknown}"
+        );
+        assert_eq!(get_code(&mut c, unknown).await, Code::NotFound, "{unknown}");
+    }
 
     release(&mut c, &lease).await;
-    let err = c
-        .release(pb::ReleaseRequest {
-            lock_id: lease.lock_id.clone(),
-            client_id: "a".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "released twice");
-    let err = c
-        .renew(pb::RenewRequest {
-            lock_id: lease.lock_id.clone(),
-            client_id: "a".into(),
-            ttl_ms: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        release_code(&mut c, id, "a").await,
+        Code::NotFound,
+        "released twice"
+    );
+    assert_eq!(renew_code(&mut c, id, "a").await, Code::NotFound);
 }
 both_backends!(owners, wrong_owner_and_unknown_locks);
 

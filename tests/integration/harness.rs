@@ -374,6 +374,46 @@ pub async fn release(client: &mut Client, lease: &pb::Lease) {
         .expect("release");
 }
 
+fn code<T>(result: Result<T, tonic::Status>) -> tonic::Code {
+    result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+}
+
+/// The status code of a Release (`Ok` when it succeeds).
+pub async fn release_code(client: &mut Client, lock_id: &str, client_id: &str) -> tonic::Code {
+    code(
+        client
+            .release(pb::ReleaseRequest {
+                lock_id: lock_id.into(),
+                client_id: client_id.into(),
+            })
+            .await,
+    )
+}
+
+/// The status code of a Renew that keeps the lease's TTL.
+pub async fn renew_code(client: &mut Client, lock_id: &str, client_id: &str) -> tonic::Code {
+    code(
+        client
+            .renew(pb::RenewRequest {
+                lock_id: lock_id.into(),
+                client_id: client_id.into(),
+                ttl_ms: 0,
+            })
+            .await,
+    )
+}
+
+/// The status code of a GetLock.
+pub async fn get_code(client: &mut Client, lock_id: &str) -> tonic::Code {
+    code(
+        client
+            .get_lock(pb::GetLockRequest {
+                lock_id: lock_id.into(),
+            })
+            .await,
+    )
+}
+
 /// A WaitQueue call in progress.
 pub struct Waiting {
     pub stream: tonic::Streaming<pb::WaitEvent>,
