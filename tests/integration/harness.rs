@@ -32,6 +32,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server with extra configuration flags.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let child = Command::new("redis-server")
@@ -45,6 +50,7 @@ impl RedisServer {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
