@@ -115,6 +115,7 @@ async fn lock_with(mut client: Client, req: LockReq, lease: Lease) -> Result<Hel
         tokio::select! {
             r = &mut lock => break r.map(|resp| resp.key().to_vec()).context("Lock"),
             _ = ticker.tick() => {
+                tracing::debug!(lease = lease.id, ttl = ?lease.ttl, "keeping a waiting lease alive");
                 if keeper.is_none() {
                     match client.lease_keep_alive(lease.id).await {
                         Ok(k) => keeper = Some(k),

@@ -124,10 +124,11 @@ pub async fn measure(ctx: &Ctx, w: usize) -> Result<Row> {
     let s = &ctx.settings;
     let sys = ctx.system.clone();
     let resource = ctx.resource(&format!("q/{w}"));
-    // Leases outlive the whole measurement: the holder's is not renewed while
-    // the line fills, and an expiry would end it early.
-    let ttl_ms =
-        (s.waiter_fill_budget + s.idle_window + s.waiter_handoff_time).as_millis() as u64 + 60_000;
+    // Leases outlive the whole measurement with room to spare: the holder's is
+    // not renewed, and etcd waiters renew theirs once a third of the TTL has
+    // passed, which would add thousands of keep-alive streams to what is measured.
+    let measurement = s.waiter_fill_budget + s.idle_window + s.waiter_handoff_time;
+    let ttl_ms = 3 * measurement.as_millis() as u64 + 60_000;
     let req = |who: String| LockReq {
         resource: resource.clone(),
         client_id: who,
