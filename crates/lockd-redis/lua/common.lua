@@ -45,12 +45,17 @@ local function parse_holder(v)
     string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
   acq = tonumber(acq)
   return { mode = tonumber(m), token = acq * 1000 + tonumber(tok), acq = acq, exp = acq + tonumber(held),
-           ttl = tonumber(ttl), ren = tonumber(ren), maxr = tonumber(maxr), client = client }
+           ttl = tonumber(ttl), ren = tonumber(ren), maxr = tonumber(maxr), client = client, rec = v }
 end
 
+-- The record of `h`, formatted once per change (`put_holder` clears it).
 local function fmt_holder(h)
-  return string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token - h.acq * 1000, h.acq, h.exp - h.acq,
+  if h.rec then
+    return h.rec
+  end
+  h.rec = string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token - h.acq * 1000, h.acq, h.exp - h.acq,
     h.ttl, h.ren, h.maxr, h.client)
+  return h.rec
 end
 
 -- waiter record: mode|ttl|max_renewals|enqueued|deadline|daemon|client
@@ -135,6 +140,7 @@ local function put_holder(secret, h)
     nholders = nholders + 1
   end
   holders[secret] = h
+  h.rec = nil
   redis.call('HSET', H, secret, fmt_holder(h))
 end
 
