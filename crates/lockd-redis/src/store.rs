@@ -602,20 +602,38 @@ fn missing_flags(current: &str) -> String {
         .collect()
 }
 
-/// Writes lease-index changes in order, a pipeline per batch. The index is a
-/// hint that ListHeld checks against the leases, so a failed write only means
-/// a lease may be missing from that list until it is renewed.
+/// How long the index writer gathers changes before writing them.
+const INDEX_BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Most changes written in one pipeline.
+const INDEX_BATCH_MAX: usize = 4096;
+
+/// Writes lease-index changes in batches. Gathering for a couple of
+/// milliseconds turns one Redis round trip per lock operation into one per
+/// batch, and a lease released within the window is never added at all. The
+/// index is a hint that ListHeld checks against the leases, so a failed write
+/// only means a lease may be missing from that list until it is renewed.
 async fn write_index(
     mut conn: ConnectionManager,
     mut ops: mpsc::UnboundedReceiver<IndexOp>,
     timeout: Duration,
 ) {
     let mut batch = Vec::new();
-    while ops.recv_many(&mut batch, 512).await > 0 {
-        let mut pipe = redis::pipe();
+    while ops.recv_many(&mut batch, INDEX_BATCH_MAX).await > 0 {
+        let window = tokio::time::Instant::now() + INDEX_BATCH_WINDOW;
+        while batch.len() < INDEX_BATCH_MAX
+            && !batch.iter().any(|op| matches!(op, IndexOp::Flush(_)))
+        {
+            let room = INDEX_BATCH_MAX - batch.len();
+            match tokio::time::timeout_at(window, ops.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // The last change of each lease wins: a later score replaces an
+        // earlier one, and a removal replaces any add.
+        let mut last: std::collections::HashMap<(String, String), Option<u64>> =
+            std::collections::HashMap::new();
         let mut waiting = Vec::new();
-        // One expiry per client key and batch, the latest of its leases.
-        let mut expiries: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         for op in batch.drain(..) {
             match op {
                 IndexOp::Put {
@@ -623,14 +641,27 @@ async fn write_index(
                     lock_id,
                     expires_ms,
                 } => {
-                    pipe.zadd(&key, &lock_id, expires_ms).ignore();
-                    let latest = expiries.entry(key).or_default();
-                    *latest = (*latest).max(expires_ms);
+                    last.insert((key, lock_id), Some(expires_ms));
                 }
                 IndexOp::Remove { key, lock_id } => {
-                    pipe.zrem(&key, &lock_id).ignore();
+                    last.insert((key, lock_id), None);
                 }
                 IndexOp::Flush(done) => waiting.push(done),
+            }
+        }
+        let mut pipe = redis::pipe();
+        // One expiry per client key, the latest of its leases.
+        let mut expiries: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for ((key, lock_id), expires_ms) in &last {
+            match expires_ms {
+                Some(expires_ms) => {
+                    pipe.zadd(key, lock_id, expires_ms).ignore();
+                    let latest = expiries.entry(key).or_default();
+                    *latest = (*latest).max(*expires_ms);
+                }
+                None => {
+                    pipe.zrem(key, lock_id).ignore();
+                }
             }
         }
         for (key, expires_ms) in &expiries {
