@@ -154,6 +154,18 @@ local function grant(secret, mode, ttl, maxr, client)
   return h
 end
 
+-- The lease `secret` if `client` holds it; otherwise nil and the status to answer.
+local function owned(secret, client)
+  local h = holders[secret]
+  if not h then
+    return nil, 'not_found'
+  end
+  if h.client ~= client then
+    return nil, 'not_owner'
+  end
+  return h
+end
+
 -- Whether a request in `mode` may join the current holders.
 local function admits(mode)
   if not shared(mode) then

@@ -2,12 +2,9 @@
 local secret, client, me = ARGV[1], ARGV[2], ARGV[3]
 
 sweep()
-local h = holders[secret]
+local h, refused = owned(secret, client)
 if not h then
-  return finish(me, 'not_found')
-end
-if h.client ~= client then
-  return finish(me, 'not_owner')
+  return finish(me, refused)
 end
 local record = fmt_holder(h)
 end_hold(secret, 'r', now - h.acq)

@@ -3,12 +3,9 @@
 local secret, client, ttl, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
 sweep()
-local h = holders[secret]
+local h, refused = owned(secret, client)
 if not h then
-  return finish(me, 'not_found')
-end
-if h.client ~= client then
-  return finish(me, 'not_owner')
+  return finish(me, refused)
 end
 if h.maxr > 0 and h.ren >= h.maxr then
   return finish(me, 'limit', h.maxr)
