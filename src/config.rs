@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "LOCKD_MAX_QUEUE", default_value_t = 100_000)]
     pub max_queue: u64,
 
+    /// Keep a per-client index of leases in Redis for ListHeld (about 180
+    /// bytes per held lease). Off: ListHeld answers UNIMPLEMENTED.
+    #[arg(long, env = "LOCKD_LIST_HELD_INDEX", default_value_t = true, action = clap::ArgAction::Set)]
+    pub list_held_index: bool,
+
     /// Bound on every Redis call; past it the call fails with UNAVAILABLE.
     #[arg(long, env = "LOCKD_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,

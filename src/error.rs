@@ -13,6 +13,7 @@ pub fn code(err: &LockError) -> Code {
         LockError::WaitTimeout { .. } => Code::DeadlineExceeded,
         LockError::LimitReached(_) => Code::ResourceExhausted,
         LockError::Unavailable(_) | LockError::ShuttingDown => Code::Unavailable,
+        LockError::Disabled(_) => Code::Unimplemented,
         LockError::Internal(_) => Code::Internal,
     }
 }

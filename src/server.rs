@@ -161,6 +161,7 @@ async fn open_store(
         key_prefix: config.key_prefix.clone(),
         connections: config.redis_connections,
         timeout: config.redis_timeout,
+        list_held_index: config.list_held_index,
     })
     .await?;
     redis.enable_notifications().await?;

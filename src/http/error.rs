@@ -21,6 +21,7 @@ pub fn status_code(err: &LockError) -> StatusCode {
         LockError::WaitTimeout { .. } | LockError::RenewalLimit { .. } => StatusCode::CONFLICT,
         LockError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
         LockError::Unavailable(_) | LockError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        LockError::Disabled(_) => StatusCode::NOT_IMPLEMENTED,
         LockError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -36,6 +37,7 @@ fn error_code(err: &LockError) -> &'static str {
         LockError::LimitReached(_) => "limit_reached",
         LockError::Unavailable(_) => "unavailable",
         LockError::ShuttingDown => "shutting_down",
+        LockError::Disabled(_) => "disabled",
         LockError::Internal(_) => "internal",
     }
 }

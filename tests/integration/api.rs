@@ -125,3 +125,25 @@ async fn reflection_lists_the_services(backend: Backend) {
     );
 }
 both_backends!(reflection, reflection_lists_the_services);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_index_list_held_is_unimplemented_and_nothing_is_indexed() {
+    let env = Env::with_args(Backend::Redis, 1, &["--list-held-index", "false"]).await;
+    let mut c = env.client(0).await;
+    let lease = acquire(&mut c, req("r", "alice")).await;
+    let err = c
+        .list_held(pb::ListHeldRequest {
+            client_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("--list-held-index"));
+    release(&mut c, &lease).await;
+    let mut conn = env.redis.as_ref().unwrap().connection();
+    let index_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:c:*", env.prefix))
+        .query(&mut conn)
+        .unwrap();
+    assert!(index_keys.is_empty(), "{index_keys:?}");
+}

@@ -74,6 +74,7 @@ impl Twin {
             key_prefix: unique(name),
             connections: 1,
             timeout: Duration::from_secs(2),
+            list_held_index: true,
         })
         .await
         .expect("connect to test redis");

@@ -24,6 +24,9 @@ pub enum LockError {
     /// The store cannot be reached or answered out of time; the outcome may be unknown.
     #[error("lock store unavailable: {0}")]
     Unavailable(String),
+    /// The operation is switched off in this deployment.
+    #[error("{0}")]
+    Disabled(&'static str),
     /// The daemon is shutting down.
     #[error("daemon is shutting down")]
     ShuttingDown,

@@ -29,6 +29,8 @@ pub struct RedisOptions {
     pub connections: usize,
     /// Bound on every Redis call; past it the outcome is unknown and the call fails.
     pub timeout: Duration,
+    /// Keep the per-client lease index that ListHeld reads.
+    pub list_held_index: bool,
 }
 
 /// Every script, loaded once and run by SHA.
@@ -85,7 +87,8 @@ pub struct RedisStore {
     scripts: Scripts,
     ns: Namespace,
     timeout: Duration,
-    index: mpsc::UnboundedSender<IndexOp>,
+    /// The lease index writer; `None` when the index is off.
+    index: Option<mpsc::UnboundedSender<IndexOp>>,
     info: redis::ConnectionInfo,
 }
 
@@ -114,8 +117,11 @@ impl RedisStore {
             .map_err(|_| StoreError::Timeout(options.timeout * 2))??;
             conns.push(conn);
         }
-        let (index, index_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_index(conns[0].clone(), index_rx, options.timeout));
+        let index = options.list_held_index.then(|| {
+            let (index, index_rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_index(conns[0].clone(), index_rx, options.timeout));
+            index
+        });
         Ok(RedisStore {
             conns,
             next_conn: AtomicUsize::new(0),
@@ -183,12 +189,18 @@ impl RedisStore {
     }
 
     fn index_put(&self, lease: &Lease) {
-        // The writer lives as long as the store; a closed channel means shutdown.
-        let _ = self.index.send(IndexOp::Put {
+        self.index_write(IndexOp::Put {
             key: self.ns.client_index(&lease.client_id),
             lock_id: lease.lock_id.clone(),
             expires_ms: lease.expires_at_ms,
         });
+    }
+
+    fn index_write(&self, op: IndexOp) {
+        if let Some(index) = &self.index {
+            // The writer lives as long as the store; a closed channel means shutdown.
+            let _ = index.send(op);
+        }
     }
 
     /// Grants at once, queues, or reports busy.
@@ -312,7 +324,7 @@ impl RedisStore {
             .await;
         let (result, effects) = self.lease_reply(reply, lock);
         if let Ok(lease) = &result {
-            let _ = self.index.send(IndexOp::Remove {
+            self.index_write(IndexOp::Remove {
                 key: self.ns.client_index(&lease.client_id),
                 lock_id: lease.lock_id.clone(),
             });
@@ -405,8 +417,13 @@ impl RedisStore {
 
     /// Every live lease of one client, checked against each resource.
     pub async fn held_by(&self, client_id: &str) -> Result<Vec<Lease>, LockError> {
+        let Some(index) = &self.index else {
+            return Err(LockError::Disabled(
+                "ListHeld is off: this deployment runs with --list-held-index=false",
+            ));
+        };
         let (flushed, done) = oneshot::channel();
-        if self.index.send(IndexOp::Flush(flushed)).is_ok() {
+        if index.send(IndexOp::Flush(flushed)).is_ok() {
             let _ = tokio::time::timeout(self.timeout, done).await;
         }
         let mut invocation = self.scripts.held.prepare_invoke();
