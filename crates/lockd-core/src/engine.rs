@@ -6,7 +6,8 @@
 //! as a script: sweep what ended, do the operation, grant whoever is next in
 //! line, then report what changed ([`Effects`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::error::LockError;
 use crate::lease::{
@@ -85,12 +86,17 @@ struct Resource {
     inbox: BTreeMap<String, String>,
     /// The last fencing token handed out.
     last_token: u64,
+    /// The sweep time last put in [`Engine::due`] for this resource.
+    due_at: Option<u64>,
 }
 
 /// Lock state of every resource, in memory.
 #[derive(Debug, Default)]
 pub struct Engine {
     resources: HashMap<String, Resource>,
+    /// When each resource next needs a sweep (its earliest lease end), so that
+    /// the periodic sweep visits only those instead of every resource.
+    due: BinaryHeap<Reverse<(u64, String)>>,
 }
 
 impl Holder {
@@ -254,6 +260,16 @@ impl Resource {
             && now.us > self.last_token
     }
 
+    /// When this resource next changes by itself: its earliest lease end,
+    /// or, with no lease left, when the clock passes its last token.
+    fn next_due(&self) -> u64 {
+        self.holders
+            .values()
+            .map(|h| h.expires_ms)
+            .min()
+            .unwrap_or(self.last_token / 1000 + 1)
+    }
+
     fn position_of(&self, seq: u64) -> u64 {
         self.queue.range(..seq).count() as u64
     }
@@ -282,6 +298,12 @@ impl Engine {
         state.finish(now, resource, caller, &mut effects);
         if state.is_idle(now) {
             self.resources.remove(resource);
+        } else {
+            let due = state.next_due();
+            if state.due_at.is_none_or(|at| due < at) {
+                state.due_at = Some(due);
+                self.due.push(Reverse((due, resource.to_owned())));
+            }
         }
         (result, effects)
     }
@@ -512,15 +534,82 @@ impl Engine {
         leases
     }
 
-    /// Ends expired leases everywhere and forgets idle resources, as Redis key
-    /// expiry does for the Redis store. Grants are left to the waiters' own
-    /// syncs. Returns what ended, for statistics.
+    /// Ends expired leases and forgets idle resources, as Redis key expiry
+    /// does for the Redis store, visiting only resources whose time has come.
+    /// Grants are left to the waiters' own syncs. Returns what ended, for
+    /// statistics.
     pub fn sweep_idle(&mut self, now: Now) -> Effects {
         let mut effects = Effects::default();
-        self.resources.retain(|_, r| {
+        while let Some(Reverse((due, _))) = self.due.peek() {
+            if *due > now.ms {
+                break;
+            }
+            let Some(Reverse((due, name))) = self.due.pop() else {
+                break;
+            };
+            let Some(r) = self.resources.get_mut(&name) else {
+                continue;
+            };
+            if r.due_at == Some(due) {
+                r.due_at = None;
+            }
             r.sweep(now, &mut effects);
-            !r.is_idle(now)
-        });
+            if r.is_idle(now) {
+                self.resources.remove(&name);
+            } else if r.due_at.is_none() {
+                let next = r.next_due().max(now.ms + 1);
+                r.due_at = Some(next);
+                self.due.push(Reverse((next, name)));
+            }
+        }
         effects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(resource: &str, ttl_ms: u64) -> AcquireSpec {
+        AcquireSpec {
+            resource: resource.to_owned(),
+            mode: LockMode::Exclusive,
+            ttl_ms,
+            wait_ms: 0,
+            client_id: "c".to_owned(),
+            max_renewals: 0,
+        }
+    }
+
+    #[test]
+    fn the_periodic_sweep_ends_only_leases_whose_time_has_come() {
+        let caller = Caller {
+            daemon_id: "d",
+            liveness_ms: 5_000,
+        };
+        let mut engine = Engine::new();
+        let t0 = Now::from_micros(1_000_000_000);
+        for (name, ttl) in [("short", 100), ("long", 60_000)] {
+            let (granted, _) = engine.acquire(t0, &spec(name, ttl), name, &caller, 0);
+            assert!(matches!(granted, Ok(AcquireOutcome::Granted(_))));
+        }
+        let early = engine.sweep_idle(Now::from_micros(t0.us + 50_000));
+        assert!(early.events.is_empty(), "nothing is due yet");
+        let later = engine.sweep_idle(Now::from_micros(t0.us + 200_000));
+        assert_eq!(
+            later.events,
+            vec![Event::Ended {
+                how: HoldEnd::Expired,
+                mode: LockMode::Exclusive,
+                held_ms: 100
+            }]
+        );
+        assert!(
+            !engine.resources.contains_key("short"),
+            "idle resources are forgotten"
+        );
+        assert!(engine.resources.contains_key("long"));
+        let again = engine.sweep_idle(Now::from_micros(t0.us + 300_000));
+        assert!(again.events.is_empty(), "each expiry counts once");
     }
 }
