@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lockd_core::{Event, HoldEnd, LockMode};
+use lockd_core::{Event, HoldEnd};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -142,7 +142,7 @@ impl Metrics {
                 Event::Granted(mode) => {
                     self.grants
                         .get_or_create(&ModeLabel {
-                            mode: mode_name(mode),
+                            mode: mode.as_str(),
                         })
                         .inc();
                 }
@@ -199,8 +199,4 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn mode_name(mode: LockMode) -> &'static str {
-    mode.as_str()
 }
