@@ -5,12 +5,14 @@
 //! one resource only, all under the resource's hash tag, so the store also
 //! works on Redis Cluster slots.
 //!
+//! - [`conn`]: [`conn::Connector`], the one place connections are opened.
 //! - [`keys`]: key names and hash tags.
 //! - [`store`]: [`RedisStore`], the lock operations, statistics and lease index.
 //! - [`notify`]: keyspace notifications as wake-up hints.
 //! - `reply`: parsing of script replies.
 //! - [`error`]: the store's error type, `StoreError`.
 
+pub mod conn;
 pub mod error;
 pub mod keys;
 pub mod notify;

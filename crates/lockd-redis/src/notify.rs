@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::conn::Connector;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
@@ -38,9 +40,8 @@ pub struct Notifier {
 
 impl Notifier {
     pub(crate) async fn connect(
-        info: redis::ConnectionInfo,
+        connector: &Connector,
         ns: Namespace,
-        timeout: Duration,
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Result<Notifier, StoreError> {
         let routes: Routes = Arc::default();
@@ -75,22 +76,13 @@ impl Notifier {
         };
         let config = ConnectionManagerConfig::new()
             .set_push_sender(on_push)
-            .set_automatic_resubscription()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(1));
-        let client = redis::Client::open(info)?;
-        let conn = tokio::time::timeout(
-            timeout * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(timeout * 2))??;
+            .set_automatic_resubscription();
+        let conn = connector.subscriber(config).await?;
         Ok(Notifier {
             conn,
             routes,
             ns,
-            timeout,
+            timeout: connector.timeout(),
         })
     }
 

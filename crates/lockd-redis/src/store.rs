@@ -1,18 +1,17 @@
 //! The Redis lock store: lockd's operations as Lua scripts, run over a few
 //! multiplexed connections that pipeline concurrent requests.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lockd_core::{
     AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LeaveOutcome, LockError, LockId, LockMode,
     Outcome, QueueView, StatsDelta, SyncOutcome, WaiterState,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, RedisResult, Script, ScriptInvocation, Value};
+use redis::aio::ConnectionManager;
+use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::{Connector, Lanes};
 use crate::error::StoreError;
 use crate::keys::{Namespace, ResourceKeys};
 use crate::notify::{Notice, Notifier};
@@ -82,14 +81,13 @@ type Counters = Vec<(String, i64)>;
 
 /// Lock state in Redis.
 pub struct RedisStore {
-    conns: Vec<ConnectionManager>,
-    next_conn: AtomicUsize,
+    lanes: Lanes,
     scripts: Scripts,
     ns: Namespace,
     timeout: Duration,
     /// The lease index writer; `None` when the index is off.
     index: Option<mpsc::UnboundedSender<IndexOp>>,
-    info: redis::ConnectionInfo,
+    connector: Connector,
 }
 
 /// Keyspace notification flags lockd needs: keyspace channel, generic, hash,
@@ -99,37 +97,20 @@ pub const NOTIFY_FLAGS: &str = "Kghzxe";
 impl RedisStore {
     /// Connects, failing if Redis cannot be reached within the timeout.
     pub async fn connect(options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let info = options.url.as_str().into_connection_info()?;
-        let db = info.redis_settings().db();
-        let client = redis::Client::open(info.clone())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.timeout))
-            .set_connection_timeout(Some(options.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conns = Vec::with_capacity(options.connections.max(1));
-        for _ in 0..options.connections.max(1) {
-            let conn = tokio::time::timeout(
-                options.timeout * 2,
-                client.get_connection_manager_with_config(config.clone()),
-            )
-            .await
-            .map_err(|_| StoreError::Timeout(options.timeout * 2))??;
-            conns.push(conn);
-        }
+        let connector = Connector::new(&options.url, options.timeout)?;
+        let lanes = connector.lanes(options.connections).await?;
         let index = options.list_held_index.then(|| {
             let (index, index_rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_index(conns[0].clone(), index_rx, options.timeout));
+            tokio::spawn(write_index(lanes.conn(), index_rx, options.timeout));
             index
         });
         Ok(RedisStore {
-            conns,
-            next_conn: AtomicUsize::new(0),
+            lanes,
             scripts: Scripts::new(),
-            ns: Namespace::new(&options.key_prefix, db),
+            ns: Namespace::new(&options.key_prefix, connector.db()),
             timeout: options.timeout,
             index,
-            info,
+            connector,
         })
     }
 
@@ -138,28 +119,18 @@ impl RedisStore {
         &self,
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Result<Notifier, StoreError> {
-        let settings = self
-            .info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = self.info.clone().set_redis_settings(settings);
-        Notifier::connect(info, self.ns.clone(), self.timeout, notices).await
+        Notifier::connect(&self.connector, self.ns.clone(), notices).await
     }
 
     fn conn(&self) -> ConnectionManager {
-        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+        self.lanes.conn()
     }
 
     async fn bounded<T>(
         &self,
-        call: impl Future<Output = RedisResult<T>>,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        self.lanes.bounded(call).await
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
