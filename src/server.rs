@@ -28,6 +28,10 @@ const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
 /// How often the store's health is checked.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often due resources are swept: the bound on how late an expiry that
+/// no operation sees is counted.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Serves lockd on `listener` until `shutdown` resolves, then goes NOT_SERVING,
 /// ends waiting calls with UNAVAILABLE (leases stay in the store) and returns.
 pub async fn run(
@@ -74,11 +78,14 @@ pub async fn run(
     if let (Some(notifier), Some(rx)) = (notifier.clone(), watch_rx) {
         tokio::spawn(waiters::run_watcher(Arc::clone(&waiters), notifier, rx));
     }
-    tokio::spawn(upkeep(
+    tokio::spawn(keep_alive(
+        Arc::clone(&waiters),
+        config.waiter_liveness / 5,
+        background.clone(),
+    ));
+    tokio::spawn(reap(
         Arc::clone(&waiters),
         Arc::clone(&store),
-        Arc::clone(&stats),
-        config.waiter_liveness / 5,
         background.clone(),
     ));
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -144,7 +151,6 @@ pub async fn run(
         .await;
     background.cancel();
     waiters.close(config.shutdown_grace).await;
-    stats.flush(&store).await;
     served?;
     Ok(())
 }
@@ -162,6 +168,7 @@ async fn open_store(
         connections: config.redis_connections,
         timeout: config.redis_timeout,
         list_held_index: config.list_held_index,
+        max_ttl: config.max_ttl,
     })
     .await?;
     redis.enable_notifications().await?;
@@ -175,15 +182,10 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Keeps waiters alive in the store, catches missed notifications, forgets
-/// idle memory state and flushes statistics.
-async fn upkeep(
-    waiters: Arc<Waiters>,
-    store: Arc<Store>,
-    stats: Arc<StatsRecorder>,
-    every: Duration,
-    stop: CancellationToken,
-) {
+/// Keeps this daemon's waiters alive in the store, catches missed
+/// notifications and retries owed leaves. Nothing else runs in this loop, so
+/// no slow call can delay the syncs that keep this daemon looking alive.
+async fn keep_alive(waiters: Arc<Waiters>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -191,11 +193,30 @@ async fn upkeep(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        // Spawns the syncs; it never waits on the store itself.
         waiters.sync_all();
-        if let Some(effects) = store.sweep() {
-            stats.record("", &effects.events);
+    }
+}
+
+/// Sweeps resources whose due time has come, whoever's they are, so that
+/// leases that end on resources nobody touches are counted, and grants
+/// abandoned by dead daemons are reclaimed, within [`REAP_INTERVAL`].
+async fn reap(waiters: Arc<Waiters>, store: Arc<Store>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
         }
-        stats.flush(&store).await;
+        match store.reap(&waiters.caller()).await {
+            Ok(swept) => {
+                for (resource, effects) in swept {
+                    waiters.handle_effects(&resource, effects);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "reaping failed; retrying next tick"),
+        }
     }
 }
 

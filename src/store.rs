@@ -4,8 +4,8 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lockd_core::{
-    AcquireOutcome, AcquireSpec, Caller, Engine, Lease, LeaveOutcome, LockError, LockId, Now,
-    Outcome, QueueView, StatsDelta, SyncOutcome,
+    AcquireOutcome, AcquireSpec, Caller, Effects, Engine, Lease, LeaveOutcome, LockError, LockId,
+    Now, Outcome, QueueView, StatsDelta, SyncOutcome,
 };
 use lockd_redis::{Notice, RedisStore, StoreError};
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ pub struct MemoryStore {
     started: Instant,
     /// Stands in for keyspace notifications.
     notices: mpsc::UnboundedSender<Notice>,
+    /// Deployment statistics: every operation's events, added as it runs.
     totals: Mutex<StatsDelta>,
 }
 
@@ -54,17 +55,28 @@ impl MemoryStore {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs a changing operation and tells waiters of the resource to look again.
+    /// Runs a changing operation, counts it, and tells waiters of the
+    /// resource to look again.
     fn change<T>(
         &self,
         resource: &str,
         op: impl FnOnce(&mut Engine, Now) -> Outcome<T>,
     ) -> Outcome<T> {
         let outcome = op(&mut self.engine(), self.now());
-        if !outcome.1.events.is_empty() {
+        self.count(resource, &outcome.1);
+        outcome
+    }
+
+    /// Adds what an operation changed to the totals, as the Redis scripts
+    /// do in their bucket's counters.
+    fn count(&self, resource: &str, effects: &Effects) {
+        if !effects.events.is_empty() {
+            self.totals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(resource, &effects.events);
             let _ = self.notices.send(Notice::Changed(resource.to_owned()));
         }
-        outcome
     }
 }
 
@@ -101,10 +113,13 @@ impl Store {
         resource: &str,
         secret: &str,
         caller: &Caller<'_>,
+        outcome_unknown: bool,
     ) -> Outcome<LeaveOutcome> {
         match self {
-            Store::Redis(r) => r.leave(resource, secret, caller).await,
-            Store::Memory(m) => m.change(resource, |e, now| e.leave(now, resource, secret, caller)),
+            Store::Redis(r) => r.leave(resource, secret, caller, outcome_unknown).await,
+            Store::Memory(m) => m.change(resource, |e, now| {
+                e.leave(now, resource, secret, caller, outcome_unknown)
+            }),
         }
     }
 
@@ -166,19 +181,6 @@ impl Store {
         }
     }
 
-    pub async fn add_stats(&self, delta: &StatsDelta) -> Result<(), StoreError> {
-        match self {
-            Store::Redis(r) => r.add_stats(delta).await,
-            Store::Memory(m) => {
-                m.totals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .merge(delta.clone());
-                Ok(())
-            }
-        }
-    }
-
     pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
         match self {
             Store::Redis(r) => r.read_stats().await,
@@ -186,12 +188,18 @@ impl Store {
         }
     }
 
-    /// Periodic upkeep: the memory store forgets idle resources, as Redis key
-    /// expiry does, and reports what ended meanwhile.
-    pub fn sweep(&self) -> Option<lockd_core::Effects> {
+    /// Sweeps the resources whose due time has come (leases ended, daemons'
+    /// liveness lapsed), whoever's they are, and returns what each reported.
+    pub async fn reap(&self, caller: &Caller<'_>) -> Result<Vec<(String, Effects)>, StoreError> {
         match self {
-            Store::Redis(_) => None,
-            Store::Memory(m) => Some(m.engine().sweep_idle(m.now())),
+            Store::Redis(r) => r.reap(caller).await,
+            Store::Memory(m) => {
+                let swept = m.engine().reap(m.now(), caller);
+                for (resource, effects) in &swept {
+                    m.count(resource, effects);
+                }
+                Ok(swept)
+            }
         }
     }
 }

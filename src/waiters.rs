@@ -5,6 +5,18 @@
 //! Redis says one of its keys changed, when the earliest holder's lease is due
 //! to end, and every tick regardless, because notifications are only hints
 //! and the store drops the queue entries of daemons that stop syncing.
+//!
+//! What this module assumes of the store, and guarantees in turn:
+//! - a grant reported in `my_grants` was taken out of the store's inbox, so
+//!   this daemon alone must hand it to its waiter or release it: a grant
+//!   for a waiter no longer here is released ([`Waiters::deliver`]);
+//! - a leave that fails is retried until it succeeds, so no entry or grant
+//!   of a request this daemon gave up on is left to lapse by itself; a leave
+//!   after an acquire whose reply never came cancels that acquire in the
+//!   store, should it arrive later;
+//! - a resource this daemon could not sync for longer than its liveness has
+//!   lost its entries in the store, so its waiting calls end UNAVAILABLE
+//!   then, not at their own (possibly hour-long) deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,9 +35,16 @@ use tokio_util::task::TaskTracker;
 use crate::stats::StatsRecorder;
 use crate::store::Store;
 
+/// How long a failed leave is retried. Past it every lease and wait it could
+/// concern has ended, and the store has cancelled nothing for longer.
+const LEAVE_RETRY_HORIZON: Duration = Duration::from_millis(lockd_core::engine::CANCEL_KEEP_MS);
+
 /// How many of this daemon's waiters on a resource an event-driven sync
 /// asks about: the ones at the front, whose positions matter most.
 const POSITIONS_PER_SYNC: usize = 64;
+
+/// Most waiters one sync script asks about, so that its work is bounded.
+const SECRETS_PER_SYNC: usize = 256;
 
 /// What a waiting call hears about its place in line. Kept in a watch
 /// channel: a newer position replaces an unread one (updates may be
@@ -40,6 +59,8 @@ enum Update {
     },
     Granted(Lease),
     Gone,
+    /// This daemon could not reach the store for longer than its liveness.
+    Unreachable,
 }
 
 /// What a waiting call sees next.
@@ -72,6 +93,16 @@ struct LocalResource {
     /// Whether a subscription was asked for: only then does forgetting the
     /// resource need to reach the watcher. Requests granted at once never ask.
     watched: bool,
+    /// When a sync of this resource last succeeded (or its first waiter was
+    /// queued): past the liveness, the store has dropped these waiters.
+    synced_at: Option<Instant>,
+}
+
+/// A leave still owed to the store: the request's resource and secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OwedLeave {
+    resource: String,
+    secret: String,
 }
 
 /// The waiters of this daemon and the machinery that wakes them.
@@ -88,6 +119,9 @@ pub struct Waiters {
     stats: Arc<StatsRecorder>,
     /// Next arrival number.
     arrivals: std::sync::atomic::AtomicU64,
+    /// Leaves that failed, with whether the acquire's outcome was unknown and
+    /// when the first attempt was made; retried every tick until they succeed.
+    owed: Mutex<HashMap<OwedLeave, (bool, Instant)>>,
     /// Background leaves and syncs, awaited at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -105,6 +139,8 @@ pub struct Ticket {
     waited_ms: u64,
     registered: bool,
     delivered: bool,
+    /// The acquire's reply never came: the store may still queue or grant it.
+    outcome_unknown: bool,
 }
 
 /// How an acquire turned out.
@@ -136,6 +172,7 @@ impl Waiters {
             watch,
             stats,
             arrivals: std::sync::atomic::AtomicU64::new(0),
+            owed: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown,
         }
@@ -187,6 +224,7 @@ impl Waiters {
             waited_ms: spec.wait_ms,
             registered,
             delivered: false,
+            outcome_unknown: false,
         };
         let (result, effects) = self
             .store
@@ -208,6 +246,7 @@ impl Waiters {
             }) => {
                 if let Some(r) = self.local().get_mut(&spec.resource) {
                     r.watched = true;
+                    r.synced_at.get_or_insert_with(Instant::now);
                     if let Some(w) = r.waiters.get_mut(&secret) {
                         w.queued = true;
                         w.position = Some(position);
@@ -220,15 +259,20 @@ impl Waiters {
                     queue_length,
                 })
             }
-            // The outcome may be unknown (a timeout): dropping the ticket leaves.
-            Err(err) => Err(err),
+            // The store may still act on the request (a timeout, or a script
+            // that failed part way): dropping the ticket leaves and cancels it.
+            Err(err) => {
+                ticket.outcome_unknown =
+                    matches!(err, LockError::Unavailable(_) | LockError::Internal(_));
+                Err(err)
+            }
         }
     }
 
     /// Applies what a store operation reported: statistics, grants for this
     /// daemon's waiters, and when to look again.
     pub fn handle_effects(self: &Arc<Self>, resource: &str, effects: Effects) {
-        self.stats.record(resource, &effects.events);
+        self.stats.record(&effects.events);
         for (secret, lease) in effects.my_grants {
             let resource = lease.resource.clone();
             self.deliver(&resource, &secret, Update::Granted(lease));
@@ -238,8 +282,14 @@ impl Waiters {
         }
     }
 
-    /// Hands an end result to a local waiter and forgets it. A waiter that is
-    /// no longer here went away; its ticket's drop takes care of the store.
+    /// Hands an end result to a local waiter and forgets it.
+    ///
+    /// A grant for a waiter that is no longer here is not released here: the
+    /// same grant can arrive twice (a sync's fallback read and another call's
+    /// take-over race), and the second must not end a lease the client has.
+    /// A waiter leaves this map only by receiving its end result or through
+    /// its ticket, whose leave (retried until it succeeds) releases whatever
+    /// was granted to it.
     fn deliver(self: &Arc<Self>, resource: &str, secret: &str, update: Update) {
         if let Some(w) = self.remove(resource, secret) {
             // A closed channel means the ticket is being dropped and will leave.
@@ -347,10 +397,23 @@ impl Waiters {
 
     /// Syncs every resource with local waiters: keeps them alive in the store,
     /// refreshes every position and catches whatever notifications were missed.
+    /// Waiters of a resource that could not be synced for longer than the
+    /// liveness are told so: the store has dropped them by now.
     pub fn sync_all(self: &Arc<Self>) {
+        let liveness = Duration::from_millis(self.liveness_ms);
+        let mut lost = Vec::new();
+        for (resource, r) in self.local().iter() {
+            if r.synced_at.is_some_and(|at| at.elapsed() > liveness) {
+                lost.extend(r.waiters.keys().map(|s| (resource.clone(), s.clone())));
+            }
+        }
+        for (resource, secret) in lost {
+            self.deliver(&resource, &secret, Update::Unreachable);
+        }
         for resource in self.resources() {
             self.schedule_sync(&resource, true);
         }
+        self.retry_leaves();
     }
 
     async fn run_sync(self: Arc<Self>, resource: String, mut full: bool) {
@@ -371,11 +434,28 @@ impl Waiters {
                 }
                 None => return,
             };
-            let (result, effects) = self.store.sync(&resource, &secrets, &self.caller()).await;
-            self.handle_effects(&resource, effects);
-            match result {
-                Ok(outcome) => self.apply_states(&resource, &secrets, outcome).await,
-                Err(err) => tracing::warn!(%resource, error = %err, "sync failed"),
+            // A resource with no queued waiter here is still synced once: that
+            // keeps this daemon alive there and takes over its grants.
+            let chunks: Vec<&[String]> = if secrets.is_empty() {
+                vec![&[]]
+            } else {
+                secrets.chunks(SECRETS_PER_SYNC).collect()
+            };
+            for chunk in chunks {
+                let (result, effects) = self.store.sync(&resource, chunk, &self.caller()).await;
+                self.handle_effects(&resource, effects);
+                match result {
+                    Ok(outcome) => {
+                        if let Some(r) = self.local().get_mut(&resource) {
+                            r.synced_at = Some(Instant::now());
+                        }
+                        self.apply_states(&resource, chunk, outcome).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%resource, error = %err, "sync failed");
+                        break;
+                    }
+                }
             }
             let mut local = self.local();
             match local.get_mut(&resource) {
@@ -453,16 +533,71 @@ impl Waiters {
     }
 
     /// Takes a request out of line in the background, releasing its lease if
-    /// it was granted but never handed over.
-    fn leave_later(self: &Arc<Self>, resource: String, secret: String) {
+    /// it was granted but never handed over; retried until it succeeds.
+    fn leave_later(self: &Arc<Self>, resource: String, secret: String, outcome_unknown: bool) {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            let (result, effects) = this.store.leave(&resource, &secret, &this.caller()).await;
-            this.handle_effects(&resource, effects);
-            if let Err(err) = result {
-                tracing::warn!(%resource, error = %err, "leaving the queue failed; the entry lapses by itself");
-            }
+            this.leave_now(resource, secret, outcome_unknown, Instant::now())
+                .await;
         });
+    }
+
+    /// One attempt at a leave; a failure is owed and retried every tick.
+    async fn leave_now(
+        self: &Arc<Self>,
+        resource: String,
+        secret: String,
+        outcome_unknown: bool,
+        first_try: Instant,
+    ) -> bool {
+        let (result, effects) = self
+            .store
+            .leave(&resource, &secret, &self.caller(), outcome_unknown)
+            .await;
+        self.handle_effects(&resource, effects);
+        let owed = OwedLeave { resource, secret };
+        match result {
+            Ok(_) => {
+                self.owed_leaves().remove(&owed);
+                true
+            }
+            Err(err) => {
+                if first_try.elapsed() > LEAVE_RETRY_HORIZON {
+                    tracing::error!(resource = %owed.resource, error = %err, "giving up on a leave after retrying for an hour");
+                    self.owed_leaves().remove(&owed);
+                } else {
+                    tracing::warn!(resource = %owed.resource, error = %err, "leaving the queue failed; retrying");
+                    self.owed_leaves()
+                        .insert(owed, (outcome_unknown, first_try));
+                }
+                false
+            }
+        }
+    }
+
+    fn owed_leaves(&self) -> MutexGuard<'_, HashMap<OwedLeave, (bool, Instant)>> {
+        self.owed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many leaves are owed to the store.
+    pub fn owed_count(&self) -> usize {
+        self.owed_leaves().len()
+    }
+
+    /// Tries every owed leave once more.
+    fn retry_leaves(self: &Arc<Self>) {
+        let owed: Vec<(OwedLeave, (bool, Instant))> = self
+            .owed_leaves()
+            .iter()
+            .map(|(o, v)| (o.clone(), *v))
+            .collect();
+        for (leave, (outcome_unknown, first_try)) in owed {
+            let this = Arc::clone(self);
+            self.tasks.spawn(async move {
+                this.leave_now(leave.resource, leave.secret, outcome_unknown, first_try)
+                    .await;
+            });
+        }
     }
 
     /// Ends every wait with UNAVAILABLE and waits for background work to finish.
@@ -506,6 +641,11 @@ impl Ticket {
             Update::Waiting | Update::Gone => Err(LockError::Unavailable(
                 "the request was dropped from the queue; try again".to_owned(),
             )),
+            Update::Unreachable => Err(LockError::Unavailable(
+                "lockd could not reach redis for longer than --waiter-liveness; \
+                 the place in line is lost, try again"
+                    .to_owned(),
+            )),
         }
     }
 
@@ -527,14 +667,14 @@ impl Ticket {
         }
         self.delivered = true;
         let waiters = Arc::clone(&self.waiters);
-        let (result, effects) = waiters
-            .store
-            .leave(&self.resource, &self.secret, &waiters.caller())
+        waiters
+            .leave_now(
+                std::mem::take(&mut self.resource),
+                std::mem::take(&mut self.secret),
+                self.outcome_unknown,
+                Instant::now(),
+            )
             .await;
-        waiters.handle_effects(&self.resource, effects);
-        if let Err(err) = result {
-            tracing::warn!(resource = %self.resource, error = %err, "leaving the queue failed; the entry lapses by itself");
-        }
     }
 
     /// The lease reached the client's call: nothing to undo any more.
@@ -552,6 +692,7 @@ impl Drop for Ticket {
             self.waiters.leave_later(
                 std::mem::take(&mut self.resource),
                 std::mem::take(&mut self.secret),
+                self.outcome_unknown,
             );
         }
     }

@@ -75,6 +75,7 @@ impl Twin {
             connections: 1,
             timeout: Duration::from_secs(2),
             list_held_index: true,
+            max_ttl: Duration::from_secs(24 * 3600),
         })
         .await
         .expect("connect to test redis");
@@ -123,9 +124,15 @@ impl Twin {
         resource: &str,
         secret: &str,
         caller: &Caller<'_>,
+        outcome_unknown: bool,
     ) -> Both<LeaveOutcome> {
-        let engine = self.engine.leave(wall_clock(), resource, secret, caller);
-        let redis = self.redis.leave(resource, secret, caller).await;
+        let engine = self
+            .engine
+            .leave(wall_clock(), resource, secret, caller, outcome_unknown);
+        let redis = self
+            .redis
+            .leave(resource, secret, caller, outcome_unknown)
+            .await;
         [engine, redis]
     }
 
@@ -306,6 +313,8 @@ enum Op {
         target: Target,
         /// `None`: the daemon that queued the target.
         daemon: Option<usize>,
+        /// As after an acquire whose reply never came.
+        outcome_unknown: bool,
     },
     /// A sync by `daemon` on `resource` with every secret it ever queued there.
     Sync {
@@ -419,8 +428,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let leave = (
         waiter_target(),
         prop_oneof![3 => Just(None), 1 => (0..DAEMONS.len()).prop_map(Some)],
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(target, daemon)| Op::Leave { target, daemon });
+        .prop_map(|(target, daemon, outcome_unknown)| Op::Leave {
+            target,
+            daemon,
+            outcome_unknown,
+        });
     let sync = (resource_strategy(), 0..DAEMONS.len())
         .prop_map(|(resource, daemon)| Op::Sync { resource, daemon });
     prop_oneof![
@@ -600,12 +614,21 @@ impl Case {
                     self.known[i].live = false;
                 }
             }
-            Op::Leave { target, daemon } => {
+            Op::Leave {
+                target,
+                daemon,
+                outcome_unknown,
+            } => {
                 let (lock, known) = self.resolve(target);
                 let daemon = daemon.or(known.map(|i| self.known[i].daemon)).unwrap_or(0);
                 let both = self
                     .twin
-                    .leave(&lock.resource, &lock.secret, &caller(daemon, LONG_MS))
+                    .leave(
+                        &lock.resource,
+                        &lock.secret,
+                        &caller(daemon, LONG_MS),
+                        *outcome_unknown,
+                    )
                     .await;
                 let answers = both.each_ref().map(|(r, _)| answer(r, |o| *o));
                 prop_assert_eq!(&answers[0], &answers[1], "answers of {}", ctx);

@@ -21,6 +21,15 @@ use crate::mode::LockMode;
 /// waiter's own daemon times it out first and the sweep is only a safety net.
 pub const WAIT_GRACE_MS: u64 = 2_000;
 
+/// How long a cancellation waits for an acquire whose reply never came
+/// ([`Engine::leave`] with `outcome_unknown`). An acquire that reaches the
+/// store later than this after its leave takes effect.
+pub const CANCEL_KEEP_MS: u64 = 3_600_000;
+
+/// Most dead queue entries one operation drops; the rest wait for the next
+/// sweep, so that no single operation's work grows with the queue.
+pub const PURGE_LIMIT: usize = 100;
+
 /// The store's clock as one operation sees it: frozen for the whole operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -73,6 +82,17 @@ struct QueuedWaiter {
     client_id: String,
 }
 
+/// What a resource knows of one daemon with waiters or grants there.
+#[derive(Debug, Clone, Default)]
+struct DaemonLedger {
+    /// Liveness deadline; `None` once the daemon was found dead here.
+    deadline_ms: Option<u64>,
+    /// How many of its queue entries count as waiting.
+    waiting: u64,
+    /// Its entries with a sequence up to this are from before it was found dead.
+    tomb: u64,
+}
+
 #[derive(Debug, Default)]
 struct Resource {
     /// Live leases by secret.
@@ -80,12 +100,12 @@ struct Resource {
     /// Queue order: sequence number to secret.
     queue: BTreeMap<u64, String>,
     waiters: HashMap<String, QueuedWaiter>,
-    /// Liveness deadline of each daemon with waiters or undelivered grants here.
-    daemons: HashMap<String, u64>,
+    /// Daemons with waiters or undelivered grants here.
+    daemons: HashMap<String, DaemonLedger>,
+    /// The last arrival sequence handed out; it restarts only with an empty queue.
+    last_seq: u64,
     /// Grants not yet taken over by their waiter's daemon: secret to daemon.
     inbox: BTreeMap<String, String>,
-    /// The last fencing token handed out.
-    last_token: u64,
     /// The sweep time last put in [`Engine::due`] for this resource.
     due_at: Option<u64>,
 }
@@ -94,9 +114,15 @@ struct Resource {
 #[derive(Debug, Default)]
 pub struct Engine {
     resources: HashMap<String, Resource>,
-    /// When each resource next needs a sweep (its earliest lease end), so that
-    /// the periodic sweep visits only those instead of every resource.
+    /// When each resource next needs a sweep (a lease ends, a daemon's
+    /// liveness lapses), so that the periodic reap visits only those.
     due: BinaryHeap<Reverse<(u64, String)>>,
+    /// The last fencing token handed out on any resource: tokens only grow,
+    /// whatever the clock does.
+    floor: u64,
+    /// Requests cancelled before their acquire was seen: (resource, secret) to
+    /// when the cancellation lapses.
+    cancelled: HashMap<(String, String), u64>,
 }
 
 impl Holder {
@@ -116,23 +142,85 @@ impl Holder {
     }
 }
 
+/// The state a step shares across resources: the token floor.
+struct Shared<'a> {
+    floor: &'a mut u64,
+}
+
 impl Resource {
-    /// Ends expired leases and grants abandoned by dead daemons.
+    fn daemon_alive(&self, daemon_id: &str, now: Now) -> bool {
+        self.daemons
+            .get(daemon_id)
+            .and_then(|d| d.deadline_ms)
+            .is_some_and(|d| d > now.ms)
+    }
+
+    /// Whether a queue entry still counts as waiting: its daemon is alive
+    /// and the entry is not from before that daemon was last found dead.
+    fn counted(&self, w: &QueuedWaiter) -> bool {
+        self.daemons
+            .get(&w.daemon_id)
+            .is_some_and(|d| d.deadline_ms.is_some() && w.seq > d.tomb)
+    }
+
+    fn set_daemon_alive(&mut self, caller: &Caller<'_>, now: Now) {
+        self.daemons
+            .entry(caller.daemon_id.to_owned())
+            .or_default()
+            .deadline_ms = Some(now.ms + caller.liveness_ms);
+    }
+
+    /// Takes an entry out of line, keeping the ledger in step.
+    fn remove_entry(&mut self, secret: &str, effects: &mut Effects) {
+        let Some(w) = self.waiters.remove(secret) else {
+            return;
+        };
+        self.queue.remove(&w.seq);
+        if self.counted(&w)
+            && let Some(d) = self.daemons.get_mut(&w.daemon_id)
+        {
+            d.waiting -= 1;
+            effects.events.push(Event::Dequeued);
+        }
+    }
+
+    fn end_hold(&mut self, secret: &str, how: HoldEnd, held_ms: u64, effects: &mut Effects) {
+        if let Some(h) = self.holders.remove(secret) {
+            self.inbox.remove(secret);
+            effects.events.push(Event::Ended {
+                how,
+                mode: h.mode,
+                held_ms,
+            });
+        }
+    }
+
+    /// Ends expired leases; settles daemons whose liveness lapsed (their
+    /// entries stop counting as waiting, their undelivered grants are released).
     fn sweep(&mut self, now: Now, effects: &mut Effects) {
-        let expired: Vec<String> = self
+        let expired: Vec<(String, u64)> = self
             .holders
             .iter()
             .filter(|(_, h)| h.expires_ms <= now.ms)
-            .map(|(s, _)| s.clone())
+            .map(|(s, h)| (s.clone(), h.expires_ms.saturating_sub(h.acquired_ms)))
             .collect();
-        for secret in expired {
-            if let Some(h) = self.holders.remove(&secret) {
-                self.inbox.remove(&secret);
-                effects.events.push(Event::Ended {
-                    how: HoldEnd::Expired,
-                    mode: h.mode,
-                    held_ms: h.expires_ms.saturating_sub(h.acquired_ms),
-                });
+        for (secret, held_ms) in expired {
+            self.end_hold(&secret, HoldEnd::Expired, held_ms, effects);
+        }
+        if self.queue.is_empty() && self.inbox.is_empty() {
+            return;
+        }
+        let last_seq = self.last_seq;
+        for d in self.daemons.values_mut() {
+            if d.deadline_ms.is_some_and(|dl| dl <= now.ms) {
+                for _ in 0..d.waiting {
+                    effects.events.push(Event::Dequeued);
+                }
+                *d = DaemonLedger {
+                    deadline_ms: None,
+                    waiting: 0,
+                    tomb: last_seq,
+                };
             }
         }
         let abandoned: Vec<String> = self
@@ -143,27 +231,11 @@ impl Resource {
             .collect();
         for secret in abandoned {
             self.inbox.remove(&secret);
-            if let Some(h) = self.holders.remove(&secret) {
-                effects.events.push(Event::Ended {
-                    how: HoldEnd::Abandoned,
-                    mode: h.mode,
-                    held_ms: now.ms.saturating_sub(h.acquired_ms),
-                });
+            if let Some(h) = self.holders.get(&secret) {
+                let held_ms = now.ms.saturating_sub(h.acquired_ms);
+                self.end_hold(&secret, HoldEnd::Abandoned, held_ms, effects);
             }
         }
-    }
-
-    fn daemon_alive(&self, daemon_id: &str, now: Now) -> bool {
-        self.daemons.get(daemon_id).is_some_and(|&d| d > now.ms)
-    }
-
-    fn waiter_alive(&self, w: &QueuedWaiter, now: Now) -> bool {
-        w.deadline_ms > now.ms && self.daemon_alive(&w.daemon_id, now)
-    }
-
-    fn next_token(&mut self, now: Now) -> u64 {
-        self.last_token = (self.last_token + 1).max(now.us);
-        self.last_token
     }
 
     /// Whether a request in `mode` may join the current holders.
@@ -175,16 +247,18 @@ impl Resource {
 
     fn grant(
         &mut self,
+        shared: &mut Shared<'_>,
         now: Now,
         mode: LockMode,
         ttl_ms: u64,
         max_renewals: u32,
         client_id: String,
     ) -> Holder {
+        *shared.floor = (*shared.floor + 1).max(now.us);
         Holder {
             mode,
             client_id,
-            token: self.next_token(now),
+            token: *shared.floor,
             acquired_ms: now.ms,
             expires_ms: now.ms + ttl_ms,
             ttl_ms,
@@ -194,32 +268,35 @@ impl Resource {
     }
 
     /// Grants the head of the queue for as long as it is compatible with the
-    /// holders, dropping dead entries on the way. Grants go to the inbox of
-    /// the waiter's daemon.
-    fn promote(&mut self, now: Now, effects: &mut Effects) {
-        while let Some((&seq, secret)) = self.queue.first_key_value() {
+    /// holders, dropping dead entries on the way (at most [`PURGE_LIMIT`]).
+    /// Grants go to the inbox of the waiter's daemon. Returns whether dead
+    /// entries were left for a later sweep.
+    fn promote(&mut self, shared: &mut Shared<'_>, now: Now, effects: &mut Effects) -> bool {
+        let mut purged = 0;
+        while let Some((_, secret)) = self.queue.first_key_value() {
             let secret = secret.clone();
             let Some(w) = self.waiters.get(&secret).cloned() else {
-                self.queue.remove(&seq);
+                self.queue.pop_first();
                 continue;
             };
-            if !self.waiter_alive(&w, now) {
-                self.queue.remove(&seq);
-                self.waiters.remove(&secret);
-                effects.events.push(Event::Dequeued);
+            if !self.counted(&w) || w.deadline_ms <= now.ms {
+                if purged >= PURGE_LIMIT {
+                    return true;
+                }
+                purged += 1;
+                self.remove_entry(&secret, effects);
                 continue;
             }
             if !self.admits(w.mode) {
                 break;
             }
-            self.queue.remove(&seq);
-            self.waiters.remove(&secret);
-            let holder = self.grant(now, w.mode, w.ttl_ms, w.max_renewals, w.client_id);
+            self.remove_entry(&secret, effects);
+            let holder = self.grant(shared, now, w.mode, w.ttl_ms, w.max_renewals, w.client_id);
             self.holders.insert(secret.clone(), holder);
             self.inbox.insert(secret, w.daemon_id);
-            effects.events.push(Event::Dequeued);
             effects.events.push(Event::Granted(w.mode));
         }
+        false
     }
 
     /// Hands the caller its grants and reports when waiters should look again.
@@ -247,27 +324,24 @@ impl Resource {
         }
         if self.queue.is_empty() && self.inbox.is_empty() {
             self.daemons.clear();
+            self.last_seq = 0;
         }
     }
 
-    /// Whether nothing remains that must outlive this operation. The last
-    /// token is kept until the clock has passed it, so that a token made from
-    /// the clock later is still larger.
-    fn is_idle(&self, now: Now) -> bool {
-        self.holders.is_empty()
-            && self.queue.is_empty()
-            && self.inbox.is_empty()
-            && now.us > self.last_token
+    /// Whether nothing remains that must outlive this operation.
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.queue.is_empty() && self.inbox.is_empty()
     }
 
-    /// When this resource next changes by itself: its earliest lease end,
-    /// or, with no lease left, when the clock passes its last token.
-    fn next_due(&self) -> u64 {
-        self.holders
-            .values()
-            .map(|h| h.expires_ms)
-            .min()
-            .unwrap_or(self.last_token / 1000 + 1)
+    /// When this resource next changes by itself: a lease ends or a daemon's
+    /// liveness lapses; `now` when dead entries are left to purge.
+    fn next_due(&self, now: Now, purge_pending: bool) -> Option<u64> {
+        if purge_pending {
+            return Some(now.ms);
+        }
+        let leases = self.holders.values().map(|h| h.expires_ms);
+        let daemons = self.daemons.values().filter_map(|d| d.deadline_ms);
+        leases.chain(daemons).min()
     }
 
     fn position_of(&self, seq: u64) -> u64 {
@@ -288,22 +362,24 @@ impl Engine {
         now: Now,
         resource: &str,
         caller: &Caller<'_>,
-        op: impl FnOnce(&mut Resource, &mut Effects) -> Result<T, LockError>,
+        op: impl FnOnce(&mut Resource, &mut Shared<'_>, &mut Effects) -> Result<T, LockError>,
     ) -> Outcome<T> {
         let mut effects = Effects::default();
         let state = self.resources.entry(resource.to_owned()).or_default();
+        let mut shared = Shared {
+            floor: &mut self.floor,
+        };
         state.sweep(now, &mut effects);
-        let result = op(state, &mut effects);
-        state.promote(now, &mut effects);
+        let result = op(state, &mut shared, &mut effects);
+        let purge_pending = state.promote(&mut shared, now, &mut effects);
         state.finish(now, resource, caller, &mut effects);
-        if state.is_idle(now) {
+        if state.is_idle() {
             self.resources.remove(resource);
-        } else {
-            let due = state.next_due();
-            if state.due_at.is_none_or(|at| due < at) {
-                state.due_at = Some(due);
-                self.due.push(Reverse((due, resource.to_owned())));
-            }
+        } else if let Some(due) = state.next_due(now, purge_pending)
+            && state.due_at.is_none_or(|at| due != at)
+        {
+            state.due_at = Some(due);
+            self.due.push(Reverse((due, resource.to_owned())));
         }
         (result, effects)
     }
@@ -318,10 +394,18 @@ impl Engine {
         caller: &Caller<'_>,
         max_queue: u64,
     ) -> Outcome<AcquireOutcome> {
-        self.with_resource(now, &spec.resource, caller, |r, effects| {
-            r.promote(now, effects);
+        let cancelled = self
+            .cancelled
+            .remove(&(spec.resource.clone(), secret.to_owned()))
+            .is_some_and(|until| until > now.ms);
+        self.with_resource(now, &spec.resource, caller, |r, shared, effects| {
+            if cancelled {
+                return Ok(AcquireOutcome::Busy);
+            }
+            r.promote(shared, now, effects);
             if r.queue.is_empty() && r.admits(spec.mode) {
                 let holder = r.grant(
+                    shared,
                     now,
                     spec.mode,
                     spec.ttl_ms,
@@ -342,7 +426,8 @@ impl Engine {
                     r.queue.len()
                 )));
             }
-            let seq = r.queue.last_key_value().map_or(1, |(&s, _)| s + 1);
+            r.last_seq += 1;
+            let seq = r.last_seq;
             r.queue.insert(seq, secret.to_owned());
             r.waiters.insert(
                 secret.to_owned(),
@@ -357,8 +442,10 @@ impl Engine {
                     client_id: spec.client_id.clone(),
                 },
             );
-            r.daemons
-                .insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
+            r.set_daemon_alive(caller, now);
+            if let Some(d) = r.daemons.get_mut(caller.daemon_id) {
+                d.waiting += 1;
+            }
             effects.events.push(Event::Enqueued);
             let queue_length = r.queue.len() as u64;
             Ok(AcquireOutcome::Queued {
@@ -370,6 +457,8 @@ impl Engine {
 
     /// Keeps the caller's waiters alive, grants whoever is next, and reports
     /// where each of `secrets` (the caller's waiters on `resource`) stands.
+    /// The sweep runs first: a daemon whose liveness lapsed is settled as
+    /// dead before this sync revives it, so its older entries stay dead.
     pub fn sync(
         &mut self,
         now: Now,
@@ -377,18 +466,22 @@ impl Engine {
         secrets: &[String],
         caller: &Caller<'_>,
     ) -> Outcome<SyncOutcome> {
-        self.with_resource(now, resource, caller, |r, effects| {
-            r.daemons
-                .insert(caller.daemon_id.to_owned(), now.ms + caller.liveness_ms);
-            r.promote(now, effects);
-            let states = secrets
-                .iter()
-                .map(|s| match r.waiters.get(s) {
-                    Some(w) => WaiterState::Queued(r.position_of(w.seq)),
+        self.with_resource(now, resource, caller, |r, shared, effects| {
+            r.set_daemon_alive(caller, now);
+            r.promote(shared, now, effects);
+            let mut states = Vec::with_capacity(secrets.len());
+            for s in secrets {
+                let state = match r.waiters.get(s) {
+                    Some(w) if r.counted(w) => WaiterState::Queued(r.position_of(w.seq)),
+                    Some(_) => {
+                        r.remove_entry(s, effects);
+                        WaiterState::Gone
+                    }
                     None if r.holders.contains_key(s) => WaiterState::Granted,
                     None => WaiterState::Gone,
-                })
-                .collect();
+                };
+                states.push(state);
+            }
             Ok(SyncOutcome {
                 states,
                 queue_length: r.queue.len() as u64,
@@ -397,31 +490,37 @@ impl Engine {
     }
 
     /// Takes a waiter out of line; if it was granted but never handed over,
-    /// releases that lease.
+    /// releases that lease. With `outcome_unknown` (the acquire's reply never
+    /// came), a request not found yet is cancelled ahead of its acquire for
+    /// [`CANCEL_KEEP_MS`].
     pub fn leave(
         &mut self,
         now: Now,
         resource: &str,
         secret: &str,
         caller: &Caller<'_>,
+        outcome_unknown: bool,
     ) -> Outcome<LeaveOutcome> {
-        self.with_resource(now, resource, caller, |r, effects| {
-            if let Some(w) = r.waiters.remove(secret) {
-                r.queue.remove(&w.seq);
-                effects.events.push(Event::Dequeued);
+        let outcome = self.with_resource(now, resource, caller, |r, _, effects| {
+            if r.waiters.contains_key(secret) {
+                r.remove_entry(secret, effects);
                 return Ok(LeaveOutcome::Left);
             }
-            if let Some(h) = r.holders.remove(secret) {
-                r.inbox.remove(secret);
-                effects.events.push(Event::Ended {
-                    how: HoldEnd::Abandoned,
-                    mode: h.mode,
-                    held_ms: now.ms.saturating_sub(h.acquired_ms),
-                });
+            if let Some(h) = r.holders.get(secret) {
+                let held_ms = now.ms.saturating_sub(h.acquired_ms);
+                r.end_hold(secret, HoldEnd::Abandoned, held_ms, effects);
                 return Ok(LeaveOutcome::GrantReleased);
             }
             Ok(LeaveOutcome::NotFound)
-        })
+        });
+        if outcome_unknown && matches!(outcome.0, Ok(LeaveOutcome::NotFound)) {
+            self.cancelled.retain(|_, until| *until > now.ms);
+            self.cancelled.insert(
+                (resource.to_owned(), secret.to_owned()),
+                now.ms + CANCEL_KEEP_MS,
+            );
+        }
+        outcome
     }
 
     /// Ends a lease held by `client_id`.
@@ -432,19 +531,14 @@ impl Engine {
         client_id: &str,
         caller: &Caller<'_>,
     ) -> Outcome<Lease> {
-        self.with_resource(now, &lock.resource, caller, |r, effects| {
+        self.with_resource(now, &lock.resource, caller, |r, _, effects| {
             let h = r.holders.get(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
                 return Err(LockError::NotOwner);
             }
             let lease = h.lease(&lock.secret, &lock.resource);
-            r.holders.remove(&lock.secret);
-            r.inbox.remove(&lock.secret);
-            effects.events.push(Event::Ended {
-                how: HoldEnd::Released,
-                mode: lease.mode,
-                held_ms: now.ms.saturating_sub(lease.acquired_at_ms),
-            });
+            let held_ms = now.ms.saturating_sub(lease.acquired_at_ms);
+            r.end_hold(&lock.secret, HoldEnd::Released, held_ms, effects);
             Ok(lease)
         })
     }
@@ -458,7 +552,7 @@ impl Engine {
         ttl_ms: Option<u64>,
         caller: &Caller<'_>,
     ) -> Outcome<Lease> {
-        self.with_resource(now, &lock.resource, caller, |r, _| {
+        self.with_resource(now, &lock.resource, caller, |r, _, _| {
             let h = r.holders.get_mut(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
                 return Err(LockError::NotOwner);
@@ -504,7 +598,7 @@ impl Engine {
             .queue
             .values()
             .filter_map(|s| r.waiters.get(s))
-            .filter(|w| r.waiter_alive(w, now))
+            .filter(|w| w.deadline_ms > now.ms && r.counted(w) && r.daemon_alive(&w.daemon_id, now))
             .enumerate()
             .map(|(i, w)| Waiter {
                 client_id: w.client_id.clone(),
@@ -534,12 +628,12 @@ impl Engine {
         leases
     }
 
-    /// Ends expired leases and forgets idle resources, as Redis key expiry
-    /// does for the Redis store, visiting only resources whose time has come.
-    /// Grants are left to the waiters' own syncs. Returns what ended, for
-    /// statistics.
-    pub fn sweep_idle(&mut self, now: Now) -> Effects {
-        let mut effects = Effects::default();
+    /// Sweeps every resource whose due time has come, as the Redis store's
+    /// reaper does: ends expired leases, settles dead daemons, grants the
+    /// next in line. Returns what each sweep reported, grants to `caller`'s
+    /// waiters included.
+    pub fn reap(&mut self, now: Now, caller: &Caller<'_>) -> Vec<(String, Effects)> {
+        let mut swept = Vec::new();
         while let Some(Reverse((due, _))) = self.due.peek() {
             if *due > now.ms {
                 break;
@@ -547,22 +641,14 @@ impl Engine {
             let Some(Reverse((due, name))) = self.due.pop() else {
                 break;
             };
-            let Some(r) = self.resources.get_mut(&name) else {
-                continue;
-            };
-            if r.due_at == Some(due) {
-                r.due_at = None;
+            match self.resources.get_mut(&name) {
+                Some(r) if r.due_at == Some(due) => r.due_at = None,
+                _ => continue,
             }
-            r.sweep(now, &mut effects);
-            if r.is_idle(now) {
-                self.resources.remove(&name);
-            } else if r.due_at.is_none() {
-                let next = r.next_due().max(now.ms + 1);
-                r.due_at = Some(next);
-                self.due.push(Reverse((next, name)));
-            }
+            let (_, effects) = self.with_resource(now, &name, caller, |_, _, _| Ok(()));
+            swept.push((name, effects));
         }
-        effects
+        swept
     }
 }
 
@@ -582,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn the_periodic_sweep_ends_only_leases_whose_time_has_come() {
+    fn the_reaper_ends_only_leases_whose_time_has_come() {
         let caller = Caller {
             daemon_id: "d",
             liveness_ms: 5_000,
@@ -593,11 +679,12 @@ mod tests {
             let (granted, _) = engine.acquire(t0, &spec(name, ttl), name, &caller, 0);
             assert!(matches!(granted, Ok(AcquireOutcome::Granted(_))));
         }
-        let early = engine.sweep_idle(Now::from_micros(t0.us + 50_000));
-        assert!(early.events.is_empty(), "nothing is due yet");
-        let later = engine.sweep_idle(Now::from_micros(t0.us + 200_000));
+        let early = engine.reap(Now::from_micros(t0.us + 50_000), &caller);
+        assert!(early.is_empty(), "nothing is due yet");
+        let later = engine.reap(Now::from_micros(t0.us + 200_000), &caller);
+        let events: Vec<Event> = later.into_iter().flat_map(|(_, e)| e.events).collect();
         assert_eq!(
-            later.events,
+            events,
             vec![Event::Ended {
                 how: HoldEnd::Expired,
                 mode: LockMode::Exclusive,
@@ -609,7 +696,29 @@ mod tests {
             "idle resources are forgotten"
         );
         assert!(engine.resources.contains_key("long"));
-        let again = engine.sweep_idle(Now::from_micros(t0.us + 300_000));
-        assert!(again.events.is_empty(), "each expiry counts once");
+        let again = engine.reap(Now::from_micros(t0.us + 300_000), &caller);
+        assert!(again.is_empty(), "each expiry counts once");
+    }
+
+    #[test]
+    fn tokens_grow_when_the_clock_steps_back() {
+        let caller = Caller {
+            daemon_id: "d",
+            liveness_ms: 5_000,
+        };
+        let mut engine = Engine::new();
+        let t0 = Now::from_micros(10_000_000_000);
+        let token = |outcome: Outcome<AcquireOutcome>| match outcome.0 {
+            Ok(AcquireOutcome::Granted(lease)) => lease.fencing_token,
+            other => panic!("not granted: {other:?}"),
+        };
+        let first = token(engine.acquire(t0, &spec("r", 10), "a", &caller, 0));
+        // Long after the lease ended and the resource was forgotten, the
+        // clock steps back an hour.
+        let later = Now::from_micros(t0.us + 60_000_000);
+        engine.reap(later, &caller);
+        let back = Now::from_micros(t0.us - 3_600_000_000);
+        let second = token(engine.acquire(back, &spec("r", 10), "b", &caller, 0));
+        assert!(second > first, "{second} after {first}");
     }
 }

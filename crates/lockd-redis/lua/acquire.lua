@@ -1,9 +1,16 @@
 -- acquire.lua: grant at once, queue, or report busy.
--- ARGV: secret, mode, ttl_ms, max_renewals, client_id, wait_ms, daemon_id, liveness_ms, max_queue
-local secret, mode, ttl, maxr, client = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local wait, me, liveness, max_queue = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+-- ARGV from A: secret, mode, ttl_ms, max_renewals, client_id, wait_ms, daemon_id, liveness_ms, max_queue
+local secret, mode, ttl, maxr, client = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]),
+  tonumber(ARGV[A + 3]), ARGV[A + 4]
+local wait, me, liveness, max_queue = tonumber(ARGV[A + 5]), ARGV[A + 6], tonumber(ARGV[A + 7]),
+  tonumber(ARGV[A + 8])
 
 sweep()
+-- The daemon gave up on this request (its reply timed out) and its leave ran
+-- first: the request must not take effect now.
+if redis.call('HDEL', K, secret) == 1 then
+  return finish(me, 'cancelled')
+end
 promote()
 -- Granted at once only when nobody is queued ahead: no barging.
 if qlen == 0 and admits(mode) then
@@ -16,15 +23,10 @@ end
 if max_queue > 0 and qlen >= max_queue then
   return finish(me, 'full', qlen)
 end
-local last = redis.call('ZRANGE', Q, -1, -1, 'WITHSCORES')
-local seq = 1
-if last[2] then
-  seq = tonumber(last[2]) + 1
-end
-redis.call('ZADD', Q, seq, secret)
+redis.call('ZADD', Q, next_seq(), secret)
 qlen = qlen + 1
 redis.call('HSET', W, secret, fmt_waiter({ mode = mode, ttl = ttl, maxr = maxr, enq = now,
   deadline = now + wait + WAIT_GRACE_MS, daemon = me, client = client }))
 set_daemon_alive(me, liveness)
-events[#events + 1] = 'q+'
+add_waiting(me, 1)
 return finish(me, 'queued', { qlen - 1, qlen })

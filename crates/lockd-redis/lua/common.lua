@@ -1,45 +1,58 @@
 -- common.lua: shared by every lockd script that changes a resource. Each such
 -- script is this file followed by its own; together they follow
 -- crates/lockd-core/src/engine.rs rule for rule: sweep what ended, do the
--- operation, grant whoever is next in line, report what changed.
+-- operation, grant whoever is next in line, account for it, report what changed.
 --
--- KEYS (one hash tag, the resource's):
---   H  holders: secret -> holder record; '#t' = last fencing token when no holder carries it
+-- KEYS (one slot: the resource's bucket, see crates/lockd-redis/src/keys.rs):
+--   H  holders: secret -> holder record
 --   Q  queue: zset of waiter secrets scored by arrival sequence
 --   W  waiters: secret -> waiter record
---   D  daemons: daemon id -> liveness deadline (ms) of daemons with waiters or grants here
+--   D  daemons with waiters or undelivered grants here, and their ledger:
+--        l:<id> liveness deadline (ms), present while the daemon counts as alive;
+--        n:<id> how many of its queue entries count as waiting;
+--        x:<id> entries with a sequence up to this were its before it was found dead;
+--        s: the last arrival sequence handed out (D lives while the queue does).
 --   G  inbox: secret -> daemon id, grants not yet taken over by that daemon
-local H, Q, W, D, G = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--   K  cancelled: secrets whose leave ran before their acquire (outcome unknown)
+--   S  the bucket's statistics counters and fencing-token floor (field f)
+--   T  the bucket's grants per resource
+--   U  the bucket's due index: resource -> when it next needs a sweep (ms)
+-- ARGV (shared head, from crates/lockd-redis/src/scripts.rs):
+--   resource, wait_grace_ms, cancel_keep_ms, purge_limit, shared mode codes,
+--   top_keep; each script's own arguments start at ARGV[7].
+--
+-- Nothing here relies on a key expiring: the due index brings every resource
+-- back to a sweep when its next lease ends or a daemon's liveness lapses, so
+-- the counters in S never drift from the records they count.
+local H, Q, W, D, G, K, S, T, U =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local RESOURCE = ARGV[1]
+local WAIT_GRACE_MS = tonumber(ARGV[2])
+local CANCEL_KEEP_MS = tonumber(ARGV[3])
+local PURGE_LIMIT = tonumber(ARGV[4])
+local SHARED = {}
+for code in string.gmatch(ARGV[5], '%d+') do
+  SHARED[tonumber(code)] = true
+end
+local TOP_KEEP = tonumber(ARGV[6])
+local A = 7
 
 -- Time comes from the Redis server and is frozen for the whole script.
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local now = math.floor(now_us / 1000)
 
--- A queue entry outlives its waiter's deadline by this much, so that the
--- waiter's own daemon times it out first (engine.rs WAIT_GRACE_MS).
-local WAIT_GRACE_MS = 2000
--- Holder records outlive their leases by this much, so that the next script
--- on the resource still sees, and counts, a lease that expired meanwhile.
--- Expired records never count as holders: every rule compares with `now`.
-local EXPIRED_GRACE_MS = 60000
--- Queue keys vanish this long after the last script touched them, should
--- every daemon with waiters here die.
-local QUEUE_IDLE_MS = 60000
-
--- Statistics events for the daemon: g<mode>, r|x|a<mode>:<held ms>, q+, q-.
+-- Events for the daemon's metrics: g<mode>, r|x|a<mode>:<held ms>, q+, q-<count>.
 local events = {}
--- Every grant this script made (secret, record, ...), for the client lease index.
-local granted = {}
-
-local function shared(mode)
-  return mode == 2 or mode == 3
+-- Counter changes for S, applied once in finish.
+local stat = {}
+local function count(field, n)
+  stat[field] = (stat[field] or 0) + n
 end
 
 -- holder record: mode|token-acquired*1000|acquired|expires-acquired|ttl|renewals|max_renewals|client
 -- Times are relative to `acquired` so that a record with a short client id
--- stays within Redis' 64-byte listpack limit: a hash of small records takes
--- about half the memory of one Redis has converted to a hash table.
+-- stays within Redis' 64-byte listpack limit.
 local function parse_holder(v)
   local m, tok, acq, held, ttl, ren, maxr, client =
     string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
@@ -72,19 +85,12 @@ end
 
 -- Load the holders once; every rule below works on this table and mirrors
 -- each change into H.
-local holders, nholders, last_token, token_field = {}, 0, 0, nil
+local holders, nholders = {}, 0
 do
   local flat = redis.call('HGETALL', H)
   for i = 1, #flat, 2 do
-    if flat[i] == '#t' then
-      token_field = tonumber(flat[i + 1])
-      last_token = math.max(last_token, token_field)
-    else
-      local h = parse_holder(flat[i + 1])
-      holders[flat[i]] = h
-      nholders = nholders + 1
-      last_token = math.max(last_token, h.token)
-    end
+    holders[flat[i]] = parse_holder(flat[i + 1])
+    nholders = nholders + 1
   end
 end
 
@@ -99,23 +105,101 @@ do
     inbox_found = true
   end
 end
--- Whether D may exist and so may need deleting.
-local daemons_key = qlen > 0 or inbox_found
+-- Whether this resource had any state when the script began.
+local had_state = nholders > 0 or qlen > 0 or inbox_found
+-- D exists only while there is a queue or an inbox: finish deletes it otherwise.
+local d_exists = qlen > 0 or inbox_found
 
-local daemon_deadlines = {}
-local function daemon_alive(d)
-  local deadline = daemon_deadlines[d]
-  if deadline == nil then
-    deadline = tonumber(redis.call('HGET', D, d) or '0')
-    daemon_deadlines[d] = deadline
+-- The daemon ledger, loaded on first use: id -> { dl = deadline or nil, n = count, x = tomb }.
+local ledger, ledger_seq = nil, 0
+local function daemons()
+  if ledger then
+    return ledger
   end
-  return deadline > now
+  ledger = {}
+  if d_exists then
+    local flat = redis.call('HGETALL', D)
+    for i = 1, #flat, 2 do
+      local kind, id = string.sub(flat[i], 1, 1), string.sub(flat[i], 3)
+      local v = tonumber(flat[i + 1])
+      if kind == 's' then
+        ledger_seq = v
+      else
+        local d = ledger[id] or { n = 0, x = 0 }
+        ledger[id] = d
+        if kind == 'l' then
+          d.dl = v
+        elseif kind == 'n' then
+          d.n = v
+        elseif kind == 'x' then
+          d.x = v
+        end
+      end
+    end
+  end
+  return ledger
 end
 
-local function set_daemon_alive(d, liveness_ms)
-  daemons_key = true
-  daemon_deadlines[d] = now + liveness_ms
-  redis.call('HSET', D, d, now + liveness_ms)
+-- The next arrival sequence: increasing for as long as the queue has entries,
+-- so that an entry is never mistaken for one from before a daemon's death.
+local function next_seq()
+  daemons()
+  ledger_seq = ledger_seq + 1
+  d_exists = true
+  redis.call('HSET', D, 's:', ledger_seq)
+  return ledger_seq
+end
+
+local function daemon(id)
+  local all = daemons()
+  local d = all[id]
+  if not d then
+    d = { n = 0, x = 0 }
+    all[id] = d
+  end
+  return d
+end
+
+local function daemon_alive(id)
+  local d = daemons()[id]
+  return d ~= nil and d.dl ~= nil and d.dl > now
+end
+
+local function set_daemon_alive(id, liveness_ms)
+  local d = daemon(id)
+  d.dl = now + liveness_ms
+  d_exists = true
+  redis.call('HSET', D, 'l:' .. id, d.dl)
+end
+
+local function add_waiting(id, n)
+  local d = daemon(id)
+  d.n = d.n + n
+  d_exists = true
+  redis.call('HSET', D, 'n:' .. id, d.n)
+  count('w', n)
+  if n > 0 then
+    events[#events + 1] = 'q+'
+  else
+    events[#events + 1] = 'q-' .. (-n)
+  end
+end
+
+-- Whether a queue entry still counts as waiting: its daemon is alive and the
+-- entry is not from before that daemon was last found dead.
+local function counted(w, seq)
+  local d = daemons()[w.daemon]
+  return d ~= nil and d.dl ~= nil and seq > d.x
+end
+
+-- Takes an entry out of line, keeping the ledger in step.
+local function remove_entry(secret, w, seq)
+  redis.call('ZREM', Q, secret)
+  redis.call('HDEL', W, secret)
+  qlen = qlen - 1
+  if w and counted(w, seq) then
+    add_waiting(w.daemon, -1)
+  end
 end
 
 local function end_hold(secret, how, held_ms)
@@ -128,11 +212,21 @@ local function end_hold(secret, how, held_ms)
     redis.call('HDEL', G, secret)
   end
   events[#events + 1] = how .. h.mode .. ':' .. held_ms
+  count('a' .. h.mode, -1)
+  count(how == 'r' and 'r' or (how == 'x' and 'x' or 'ab'), 1)
+  count('hm', held_ms)
+  count('hn', 1)
 end
 
-local function new_holder(mode, ttl, maxr, client)
-  last_token = math.max(last_token + 1, now_us)
-  return { mode = mode, token = last_token, acq = now, exp = now + ttl, ttl = ttl, ren = 0, maxr = maxr, client = client }
+-- The bucket's fencing-token floor, read on the first grant. It only grows
+-- and never expires, so tokens increase whatever the clock does.
+local floor = nil
+local function next_token()
+  if floor == nil then
+    floor = tonumber(redis.call('HGET', S, 'f') or '0')
+  end
+  floor = math.max(floor + 1, now_us)
+  return floor
 end
 
 local function put_holder(secret, h)
@@ -146,11 +240,12 @@ end
 
 -- Grants a new lease to `secret`.
 local function grant(secret, mode, ttl, maxr, client)
-  local h = new_holder(mode, ttl, maxr, client)
+  local h = { mode = mode, token = next_token(), acq = now, exp = now + ttl, ttl = ttl, ren = 0, maxr = maxr,
+              client = client }
   put_holder(secret, h)
   events[#events + 1] = 'g' .. mode
-  granted[#granted + 1] = secret
-  granted[#granted + 1] = fmt_holder(h)
+  count('g' .. mode, 1)
+  count('a' .. mode, 1)
   return h
 end
 
@@ -168,26 +263,42 @@ end
 
 -- Whether a request in `mode` may join the current holders.
 local function admits(mode)
-  if not shared(mode) then
+  if not SHARED[mode] then
     return nholders == 0
   end
   for _, h in pairs(holders) do
-    if not shared(h.mode) then
+    if not SHARED[h.mode] then
       return false
     end
   end
   return true
 end
 
--- Ends expired leases, and grants whose waiter's daemon died before taking them over.
+-- Ends expired leases; settles daemons whose liveness lapsed (their entries
+-- stop counting as waiting, their undelivered grants are released).
 local function sweep()
   for secret, h in pairs(holders) do
     if h.exp <= now then
       end_hold(secret, 'x', h.exp - h.acq)
     end
   end
-  for secret, daemon in pairs(inbox) do
-    if not daemon_alive(daemon) then
+  if qlen == 0 and not inbox_found then
+    return
+  end
+  for id, d in pairs(daemons()) do
+    if d.dl ~= nil and d.dl <= now then
+      if d.n > 0 then
+        add_waiting(id, -d.n)
+      end
+      d.dl = nil
+      d.n = 0
+      d.x = ledger_seq
+      redis.call('HDEL', D, 'l:' .. id, 'n:' .. id)
+      redis.call('HSET', D, 'x:' .. id, d.x)
+    end
+  end
+  for secret, id in pairs(inbox) do
+    if not daemon_alive(id) then
       inbox[secret] = nil
       redis.call('HDEL', G, secret)
       local h = holders[secret]
@@ -198,67 +309,50 @@ local function sweep()
   end
 end
 
+-- Set when promote stopped at its purge limit: the rest waits for the next sweep.
+local purge_pending = false
+
 -- Grants the head of the queue while it is compatible with the holders,
--- dropping dead entries on the way; grants go to the waiter's daemon's inbox.
+-- dropping dead entries on the way (at most PURGE_LIMIT per script); grants
+-- go to the waiter's daemon's inbox.
 local function promote()
+  local purged = 0
   while qlen > 0 do
-    local head = redis.call('ZRANGE', Q, 0, 0)[1]
+    local top = redis.call('ZRANGE', Q, 0, 0, 'WITHSCORES')
+    local head, seq = top[1], tonumber(top[2] or '0')
     if not head then
       qlen = 0
       break
     end
     local raw = redis.call('HGET', W, head)
-    if not raw then
-      redis.call('ZREM', Q, head)
-      qlen = qlen - 1
-    else
-      local w = parse_waiter(raw)
-      if w.deadline <= now or not daemon_alive(w.daemon) then
-        redis.call('ZREM', Q, head)
-        redis.call('HDEL', W, head)
-        qlen = qlen - 1
-        events[#events + 1] = 'q-'
-      elseif not admits(w.mode) then
+    local w = raw and parse_waiter(raw)
+    if not w or not counted(w, seq) or w.deadline <= now then
+      if purged >= PURGE_LIMIT then
+        purge_pending = true
         break
-      else
-        redis.call('ZREM', Q, head)
-        redis.call('HDEL', W, head)
-        qlen = qlen - 1
-        events[#events + 1] = 'q-'
-        grant(head, w.mode, w.ttl, w.maxr, w.client)
-        inbox[head] = w.daemon
-        redis.call('HSET', G, head, w.daemon)
       end
+      purged = purged + 1
+      remove_entry(head, w, seq)
+    elseif not admits(w.mode) then
+      break
+    else
+      remove_entry(head, w, seq)
+      grant(head, w.mode, w.ttl, w.maxr, w.client)
+      inbox[head] = w.daemon
+      inbox_found = true
+      redis.call('HSET', G, head, w.daemon)
     end
   end
 end
 
--- When the holders key should vanish: a minute after its last lease ends, and
--- not before the clock has passed its last token; false when it can go now.
-local function holders_key_expiry()
-  if nholders == 0 and now_us > last_token then
-    return false
-  end
-  local max_exp = 0
-  for _, h in pairs(holders) do
-    max_exp = math.max(max_exp, h.exp)
-  end
-  return math.max(max_exp + EXPIRED_GRACE_MS, math.floor(last_token / 1000) + 1)
-end
--- What the previous script set, for holders as they were loaded.
-local loaded_expiry = false
-if next(holders) ~= nil or token_field then
-  loaded_expiry = holders_key_expiry()
-end
-
--- Grants the next in line, hands the caller its grants, sets key expiries and
--- builds the reply: {status, payload, my grants (secret, record, ...),
--- ms to the earliest expiry or -1, events, queue length, every grant made}.
+-- Grants the next in line, hands the caller its grants, writes the counters
+-- and the due index, and builds the reply:
+-- {status, payload, my grants (secret, record, ...), ms to the earliest expiry or -1, events, queue length}.
 local function finish(me, status, payload)
   promote()
   local mine, others = {}, 0
-  for secret, daemon in pairs(inbox) do
-    if daemon == me then
+  for secret, id in pairs(inbox) do
+    if id == me then
       inbox[secret] = nil
       redis.call('HDEL', G, secret)
       local h = holders[secret]
@@ -270,44 +364,51 @@ local function finish(me, status, payload)
       others = others + 1
     end
   end
-  local max_token, next_exp = 0, -1
+  local next_exp, due = -1, nil
   for _, h in pairs(holders) do
-    max_token = math.max(max_token, h.token)
     if qlen > 0 and (next_exp < 0 or h.exp - now < next_exp) then
       next_exp = h.exp - now
     end
-  end
-  -- Writes happen only on change: each one notifies every daemon waiting here.
-  local expiry = holders_key_expiry()
-  if not expiry then
-    if loaded_expiry then
-      redis.call('DEL', H)
-    end
-  else
-    if last_token > max_token then
-      if token_field ~= last_token then
-        redis.call('HSET', H, '#t', string.format('%d', last_token))
-      end
-    elseif token_field then
-      redis.call('HDEL', H, '#t')
-    end
-    if expiry ~= loaded_expiry then
-      redis.call('PEXPIREAT', H, expiry)
+    if due == nil or h.exp < due then
+      due = h.exp
     end
   end
   if qlen == 0 and others == 0 then
-    if daemons_key then
+    if d_exists then
       redis.call('DEL', D)
     end
   else
-    redis.call('PEXPIRE', D, QUEUE_IDLE_MS)
-    if qlen > 0 then
-      redis.call('PEXPIRE', Q, QUEUE_IDLE_MS)
-      redis.call('PEXPIRE', W, QUEUE_IDLE_MS)
-    end
-    if others > 0 then
-      redis.call('PEXPIRE', G, QUEUE_IDLE_MS)
+    for _, d in pairs(daemons()) do
+      if d.dl ~= nil and (due == nil or d.dl < due) then
+        due = d.dl
+      end
     end
   end
-  return { status, payload or '', mine, next_exp, events, qlen, granted }
+  if purge_pending then
+    due = now
+  end
+  if due ~= nil then
+    redis.call('ZADD', U, due, RESOURCE)
+  elseif had_state then
+    redis.call('ZREM', U, RESOURCE)
+  end
+  local granted = 0
+  for field, n in pairs(stat) do
+    if n ~= 0 then
+      redis.call('HINCRBY', S, field, n)
+    end
+    if string.sub(field, 1, 1) == 'g' then
+      granted = granted + n
+    end
+  end
+  if floor ~= nil then
+    redis.call('HSET', S, 'f', string.format('%d', floor))
+  end
+  if granted > 0 then
+    redis.call('ZINCRBY', T, granted, RESOURCE)
+    if redis.call('ZCARD', T) > 2 * TOP_KEEP then
+      redis.call('ZREMRANGEBYRANK', T, 0, -(TOP_KEEP + 1))
+    end
+  end
+  return { status, payload or '', mine, next_exp, events, qlen }
 end

@@ -1,17 +1,23 @@
 -- leave.lua: take a waiter out of line; if it was granted but never handed
--- over, release that lease. ARGV: secret, daemon_id
-local secret, me = ARGV[1], ARGV[2]
+-- over, release that lease. ARGV from A: secret, daemon_id, outcome_unknown
+-- (1 when the acquire's reply never came: if nothing is found, the acquire
+-- may still be on its way, and is cancelled ahead of it).
+local secret, me, unknown = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 
 sweep()
-if redis.call('ZREM', Q, secret) == 1 then
-  qlen = qlen - 1
-  redis.call('HDEL', W, secret)
-  events[#events + 1] = 'q-'
+local seq = redis.call('ZSCORE', Q, secret)
+if seq then
+  local raw = redis.call('HGET', W, secret)
+  remove_entry(secret, raw and parse_waiter(raw), tonumber(seq))
   return finish(me, 'left')
 end
 local h = holders[secret]
 if h then
   end_hold(secret, 'a', now - h.acq)
   return finish(me, 'released')
+end
+if unknown == '1' then
+  redis.call('HSET', K, secret, now)
+  redis.call('PEXPIRE', K, CANCEL_KEEP_MS)
 end
 return finish(me, 'none')

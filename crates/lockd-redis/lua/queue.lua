@@ -1,33 +1,43 @@
 #!lua flags=no-writes
--- queue.lua: live holders and live waiters of a resource, in order.
+-- queue.lua: live holders and live waiters of a resource, in order; at most
+-- ARGV[1] waiters, looking at no more than ARGV[2] queue entries.
 -- KEYS: holders, queue, waiters, daemons. Reply: {now_ms, {holder records}, {waiter records}}
 local H, Q, W, D = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local limit, scan = tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local holders = {}
 local flat = redis.call('HGETALL', H)
 for i = 1, #flat, 2 do
-  if flat[i] ~= '#t' then
-    local acq, held = string.match(flat[i + 1], '^%d|%d+|(%d+)|(%d+)|')
-    local exp = tonumber(acq) + tonumber(held)
-    if exp > now then
-      holders[#holders + 1] = flat[i + 1]
-    end
+  local acq, held = string.match(flat[i + 1], '^%d|%d+|(%d+)|(%d+)|')
+  if tonumber(acq) + tonumber(held) > now then
+    holders[#holders + 1] = flat[i + 1]
   end
 end
 
-local daemons = {}
+-- The ledger as common.lua keeps it: l:<id> deadline, x:<id> tomb.
+local deadline, tomb = {}, {}
 local flat_d = redis.call('HGETALL', D)
 for i = 1, #flat_d, 2 do
-  daemons[flat_d[i]] = tonumber(flat_d[i + 1])
+  local kind, id = string.sub(flat_d[i], 1, 1), string.sub(flat_d[i], 3)
+  if kind == 'l' then
+    deadline[id] = tonumber(flat_d[i + 1])
+  elseif kind == 'x' then
+    tomb[id] = tonumber(flat_d[i + 1])
+  end
 end
 local waiters = {}
-for _, secret in ipairs(redis.call('ZRANGE', Q, 0, -1)) do
-  local v = redis.call('HGET', W, secret)
+local entries = redis.call('ZRANGE', Q, 0, scan - 1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  if #waiters >= limit then
+    break
+  end
+  local v = redis.call('HGET', W, entries[i])
   if v then
     local dl, d = string.match(v, '^%d|%d+|%d+|%d+|(%d+)|([^|]*)|')
-    if tonumber(dl) > now and (daemons[d] or 0) > now then
+    local seq = tonumber(entries[i + 1])
+    if tonumber(dl) > now and (deadline[d] or 0) > now and seq > (tomb[d] or 0) then
       waiters[#waiters + 1] = v
     end
   end

@@ -1,5 +1,5 @@
--- release.lua: end a lease held by the client. ARGV: secret, client_id, daemon_id
-local secret, client, me = ARGV[1], ARGV[2], ARGV[3]
+-- release.lua: end a lease held by the client. ARGV from A: secret, client_id, daemon_id
+local secret, client, me = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 
 sweep()
 local h, refused = owned(secret, client)

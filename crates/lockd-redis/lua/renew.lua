@@ -1,6 +1,6 @@
 -- renew.lua: move a lease's expiry to now + ttl and count the renewal.
--- ARGV: secret, client_id, ttl_ms (0 keeps the lease's), daemon_id
-local secret, client, ttl, me = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+-- ARGV from A: secret, client_id, ttl_ms (0 keeps the lease's), daemon_id
+local secret, client, ttl, me = ARGV[A], ARGV[A + 1], tonumber(ARGV[A + 2]), ARGV[A + 3]
 
 sweep()
 local h, refused = owned(secret, client)

@@ -7,16 +7,22 @@
 //!
 //! - [`conn`]: [`conn::Connector`], the one place connections are opened.
 //! - [`keys`]: key names and hash tags.
-//! - [`store`]: [`RedisStore`], the lock operations, statistics and lease index.
+//! - [`scripts`]: the Lua scripts and the argument head they share.
+//! - [`store`]: [`RedisStore`], the lock operations, the reaper and the read-only views.
+//! - [`index`]: the per-client lease index behind ListHeld.
+//! - [`stats`]: deployment-wide statistics, summed over the buckets.
 //! - [`notify`]: keyspace notifications as wake-up hints.
 //! - `reply`: parsing of script replies.
 //! - [`error`]: the store's error type, `StoreError`.
 
 pub mod conn;
 pub mod error;
+pub mod index;
 pub mod keys;
 pub mod notify;
 mod reply;
+pub mod scripts;
+pub mod stats;
 pub mod store;
 
 pub use error::StoreError;

@@ -11,8 +11,6 @@ pub(crate) struct ScriptReply {
     pub payload: Value,
     pub effects: Effects,
     pub queue_length: u64,
-    /// Every lease the script granted, to whichever daemon.
-    pub granted: Vec<Lease>,
 }
 
 fn bad(what: impl Into<String>) -> StoreError {
@@ -110,7 +108,18 @@ pub(crate) fn waiter(record: &str, position: u64) -> Result<Waiter, StoreError> 
     })
 }
 
-/// An event `g<mode>`, `r|x|a<mode>:<held ms>`, `q+` or `q-`.
+/// Events `g<mode>`, `r|x|a<mode>:<held ms>`, `q+` or `q-<count>` (that many dequeues).
+fn events(s: &str, out: &mut Vec<Event>) -> Result<(), StoreError> {
+    if let Some(count) = s.strip_prefix("q-") {
+        let n: usize = count.parse().map_err(|_| bad(format!("bad event {s:?}")))?;
+        out.extend(std::iter::repeat_n(Event::Dequeued, n));
+        return Ok(());
+    }
+    out.push(event(s)?);
+    Ok(())
+}
+
+/// One event `g<mode>`, `r|x|a<mode>:<held ms>` or `q+`.
 fn event(s: &str) -> Result<Event, StoreError> {
     let (kind, rest) = s.split_at_checked(1).ok_or_else(|| bad("empty event"))?;
     let ended = |how| -> Result<Event, StoreError> {
@@ -129,12 +138,11 @@ fn event(s: &str) -> Result<Event, StoreError> {
         "x" => ended(HoldEnd::Expired),
         "a" => ended(HoldEnd::Abandoned),
         "q" if rest == "+" => Ok(Event::Enqueued),
-        "q" if rest == "-" => Ok(Event::Dequeued),
         _ => Err(bad(format!("unknown event {s:?}"))),
     }
 }
 
-/// Parses `{status, payload, my grants, next expiry, events, queue length}`.
+/// Parses `{status, payload, my grants, next expiry, events, queue length}` (`finish` in common.lua).
 pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, StoreError> {
     let mut parts = array(v)?.into_iter();
     let mut next = || parts.next().ok_or_else(|| bad("short script reply"));
@@ -144,24 +152,19 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
     let next_expiry = int(&next()?)?;
     let events = array(next()?)?;
     let queue_length = int(&next()?)?.max(0) as u64;
-    let granted = leases(array(next()?)?, resource)?
-        .into_iter()
-        .map(|(_, lease)| lease)
-        .collect();
     let mut effects = Effects {
         next_expiry_in_ms: u64::try_from(next_expiry).ok(),
         ..Effects::default()
     };
     effects.my_grants = leases(mine, resource)?;
     for e in &events {
-        effects.events.push(event(&text(e)?)?);
+        self::events(&text(e)?, &mut effects.events)?;
     }
     Ok(ScriptReply {
         status,
         payload,
         effects,
         queue_length,
-        granted,
     })
 }
 
@@ -207,6 +210,10 @@ mod tests {
             }
         );
         assert_eq!(event("q+").unwrap(), Event::Enqueued);
+        let mut out = Vec::new();
+        events("q-3", &mut out).unwrap();
+        assert_eq!(out, vec![Event::Dequeued; 3]);
         assert!(event("z9").is_err());
+        assert!(events("q-", &mut out).is_err());
     }
 }

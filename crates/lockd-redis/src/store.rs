@@ -1,21 +1,24 @@
-//! The Redis lock store: lockd's operations as Lua scripts, run over a few
-//! multiplexed connections that pipeline concurrent requests.
+//! [`RedisStore`]: lockd's lock operations as Lua scripts over a few
+//! multiplexed connections, the reaper that sweeps resources nobody touches,
+//! and the read-only views (GetLock, GetQueue).
 
 use std::time::Duration;
 
 use lockd_core::{
-    AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LeaveOutcome, LockError, LockId, LockMode,
-    Outcome, QueueView, StatsDelta, SyncOutcome, WaiterState,
+    AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LeaveOutcome, LockError, LockId, Outcome,
+    QueueView, StatsDelta, SyncOutcome, WaiterState,
 };
 use redis::aio::ConnectionManager;
-use redis::{Script, ScriptInvocation, Value};
-use tokio::sync::{mpsc, oneshot};
+use redis::{ScriptInvocation, Value};
+use tokio::sync::mpsc;
 
 use crate::conn::{Connector, Lanes};
 use crate::error::StoreError;
-use crate::keys::{Namespace, ResourceKeys};
+use crate::index::LeaseIndex;
+use crate::keys::{BUCKETS, Namespace};
 use crate::notify::{Notice, Notifier};
 use crate::reply::{self, ScriptReply, array, int, text};
+use crate::scripts::{Named, Scripts};
 
 /// How to reach Redis and name keys there.
 #[derive(Debug, Clone)]
@@ -30,86 +33,43 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Keep the per-client lease index that ListHeld reads.
     pub list_held_index: bool,
+    /// The longest lease a renewal may set: the lease index's bound for a
+    /// renewal that keeps the lease's own TTL.
+    pub max_ttl: Duration,
 }
 
-/// Every script, loaded once and run by SHA.
-struct Scripts {
-    acquire: Script,
-    sync: Script,
-    leave: Script,
-    release: Script,
-    renew: Script,
-    get: Script,
-    queue: Script,
-    held: Script,
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        let common = include_str!("../lua/common.lua");
-        let with_common = |op: &str| Script::new(&format!("{common}\n{op}"));
-        Scripts {
-            acquire: with_common(include_str!("../lua/acquire.lua")),
-            sync: with_common(include_str!("../lua/sync.lua")),
-            leave: with_common(include_str!("../lua/leave.lua")),
-            release: with_common(include_str!("../lua/release.lua")),
-            renew: with_common(include_str!("../lua/renew.lua")),
-            get: Script::new(include_str!("../lua/get.lua")),
-            queue: Script::new(include_str!("../lua/queue.lua")),
-            held: Script::new(include_str!("../lua/held.lua")),
-        }
-    }
-}
-
-/// A change to a client's lease index, written behind the lock operations.
-enum IndexOp {
-    Put {
-        key: String,
-        lock_id: String,
-        expires_ms: u64,
-    },
-    Remove {
-        key: String,
-        lock_id: String,
-    },
-    /// Answered once every earlier change is written.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Statistics counters as stored: field name and value.
-type Counters = Vec<(String, i64)>;
+/// Most waiters GetQueue lists, and most queue entries it looks at for them.
+const QUEUE_VIEW_LIMIT: usize = 1_000;
+const QUEUE_VIEW_SCAN: usize = 4 * QUEUE_VIEW_LIMIT;
+/// Most resources of one bucket one reaper pass sweeps.
+const REAP_PER_BUCKET: usize = 64;
+/// How long a daemon keeps the reaper's turn without renewing it; a dead
+/// reaper's turn passes to another daemon after this.
+const REAPER_CLAIM_MS: u64 = 3_000;
 
 /// Lock state in Redis.
 pub struct RedisStore {
     lanes: Lanes,
     scripts: Scripts,
     ns: Namespace,
-    timeout: Duration,
-    /// The lease index writer; `None` when the index is off.
-    index: Option<mpsc::UnboundedSender<IndexOp>>,
+    /// `None` when the index is off.
+    index: Option<LeaseIndex>,
     connector: Connector,
 }
-
-/// Keyspace notification flags lockd needs: keyspace channel, generic, hash,
-/// zset, expired and evicted events.
-pub const NOTIFY_FLAGS: &str = "Kghzxe";
 
 impl RedisStore {
     /// Connects, failing if Redis cannot be reached within the timeout.
     pub async fn connect(options: &RedisOptions) -> Result<RedisStore, StoreError> {
         let connector = Connector::new(&options.url, options.timeout)?;
         let lanes = connector.lanes(options.connections).await?;
-        let index = options.list_held_index.then(|| {
-            let (index, index_rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_index(lanes.conn(), index_rx, options.timeout));
-            index
-        });
+        let ns = Namespace::new(&options.key_prefix, connector.db());
         Ok(RedisStore {
             lanes,
             scripts: Scripts::new(),
-            ns: Namespace::new(&options.key_prefix, connector.db()),
-            timeout: options.timeout,
-            index,
+            index: options
+                .list_held_index
+                .then(|| LeaseIndex::new(ns.clone(), options.max_ttl)),
+            ns,
             connector,
         })
     }
@@ -133,48 +93,52 @@ impl RedisStore {
         self.lanes.bounded(call).await
     }
 
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let mut conn = self.conn();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+    /// Runs one script on `conn`, telling a failure of the script itself
+    /// from an outage.
+    async fn run(
+        &self,
+        named: &Named,
+        invocation: &ScriptInvocation<'_>,
+        conn: &mut ConnectionManager,
+    ) -> Result<Value, StoreError> {
+        match self.bounded(invocation.invoke_async(conn)).await {
+            Err(StoreError::Redis(err)) => Err(StoreError::from_script(named.name, err)),
+            other => other,
+        }
     }
 
     /// Runs a resource script and parses the common reply.
     async fn call(
         &self,
-        script: &Script,
+        named: &Named,
+        resource: &str,
+        args: impl FnOnce(&mut ScriptInvocation<'_>),
+    ) -> Result<ScriptReply, StoreError> {
+        self.call_on(self.conn(), named, resource, args).await
+    }
+
+    async fn call_on(
+        &self,
+        mut conn: ConnectionManager,
+        named: &Named,
         resource: &str,
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<ScriptReply, StoreError> {
         let keys = self.ns.resource(resource);
-        let mut invocation = script.prepare_invoke();
-        for key in keys.all() {
-            invocation.key(key);
-        }
+        let mut invocation = self.scripts.resource_call(named, resource, &keys);
         args(&mut invocation);
-        let value = self.invoke(&invocation).await?;
-        let reply = reply::script_reply(value, resource)?;
-        for lease in &reply.granted {
-            self.index_put(lease);
-        }
-        Ok(reply)
-    }
-
-    fn index_put(&self, lease: &Lease) {
-        self.index_write(IndexOp::Put {
-            key: self.ns.client_index(&lease.client_id),
-            lock_id: lease.lock_id.clone(),
-            expires_ms: lease.expires_at_ms,
-        });
-    }
-
-    fn index_write(&self, op: IndexOp) {
-        if let Some(index) = &self.index {
-            // The writer lives as long as the store; a closed channel means shutdown.
-            let _ = index.send(op);
-        }
+        let value = self.run(named, &invocation, &mut conn).await?;
+        reply::script_reply(value, resource).map_err(|err| {
+            tracing::error!(script = named.name, error = %err, "unexpected script reply");
+            err
+        })
     }
 
     /// Grants at once, queues, or reports busy.
+    ///
+    /// With the lease index on, the request's lock id is noted in its client's
+    /// index on the same connection just ahead of the script, so that a grant
+    /// is listed by the time it is answered, at no extra round trip.
     pub async fn acquire(
         &self,
         spec: &AcquireSpec,
@@ -182,19 +146,32 @@ impl RedisStore {
         caller: &Caller<'_>,
         max_queue: u64,
     ) -> Outcome<AcquireOutcome> {
-        let reply = self
-            .call(&self.scripts.acquire, &spec.resource, |inv| {
-                inv.arg(secret)
-                    .arg(spec.mode.code())
-                    .arg(spec.ttl_ms)
-                    .arg(spec.max_renewals)
-                    .arg(&spec.client_id)
-                    .arg(spec.wait_ms)
-                    .arg(caller.daemon_id)
-                    .arg(caller.liveness_ms)
-                    .arg(max_queue);
-            })
-            .await;
+        let lock_id = LockId::new(secret, spec.resource.as_str()).encode();
+        let conn = self.conn();
+        let script = self.call_on(conn.clone(), &self.scripts.acquire, &spec.resource, |inv| {
+            inv.arg(secret)
+                .arg(spec.mode.code())
+                .arg(spec.ttl_ms)
+                .arg(spec.max_renewals)
+                .arg(&spec.client_id)
+                .arg(spec.wait_ms)
+                .arg(caller.daemon_id)
+                .arg(caller.liveness_ms)
+                .arg(max_queue);
+        });
+        let (indexed, reply) = match &self.index {
+            Some(index) => {
+                let bound = spec.ttl_ms
+                    + if spec.wait_ms > 0 {
+                        spec.wait_ms + lockd_core::engine::WAIT_GRACE_MS
+                    } else {
+                        0
+                    };
+                let note = index.put(self, conn, &spec.client_id, &lock_id, bound);
+                tokio::join!(note, script)
+            }
+            None => (Ok(()), script.await),
+        };
         let reply = match reply {
             Ok(reply) => reply,
             Err(err) => return (Err(err.into()), Effects::default()),
@@ -204,15 +181,38 @@ impl RedisStore {
                 .and_then(|record| reply::holder(&record, secret, &spec.resource))
                 .map(AcquireOutcome::Granted)
                 .map_err(LockError::from),
-            "busy" => Ok(AcquireOutcome::Busy),
+            "busy" | "cancelled" => {
+                self.forget_candidate(&spec.client_id, &lock_id);
+                Ok(AcquireOutcome::Busy)
+            }
             "queued" => queued(reply.payload).map_err(LockError::from),
-            "full" => Err(LockError::LimitReached(format!(
-                "resource has {} waiters, the limit (--max-queue)",
-                int(&reply.payload).unwrap_or_default()
-            ))),
-            other => Err(unexpected(other)),
+            "full" => {
+                self.forget_candidate(&spec.client_id, &lock_id);
+                Err(LockError::LimitReached(format!(
+                    "resource has {} waiters, the limit (--max-queue)",
+                    int(&reply.payload).unwrap_or_default()
+                )))
+            }
+            other => Err(unexpected("acquire", other)),
+        };
+        // A lease the index could not note must not reach the client: ListHeld
+        // would miss it. Failing here makes the caller leave, which releases it.
+        let result = match (result, indexed) {
+            (Ok(_), Err(err)) => {
+                tracing::warn!(resource = %spec.resource, error = %err, "noting a lease in the lease index failed");
+                Err(LockError::from(err))
+            }
+            (result, _) => result,
         };
         (result, reply.effects)
+    }
+
+    /// Drops a lock id from its client's index in the background: it was
+    /// never granted, and ListHeld checks every candidate anyway.
+    fn forget_candidate(&self, client_id: &str, lock_id: &str) {
+        if let Some(index) = &self.index {
+            index.remove_later(self.conn(), client_id, lock_id, self.connector.timeout());
+        }
     }
 
     /// Keeps this daemon's waiters alive and reports where each stands.
@@ -255,16 +255,21 @@ impl RedisStore {
         (result, reply.effects)
     }
 
-    /// Takes a waiter out of line, releasing its lease if it was granted but not handed over.
+    /// Takes a waiter out of line, releasing its lease if it was granted but
+    /// not handed over. With `outcome_unknown` (the acquire's reply never
+    /// came), a request not found yet is cancelled ahead of its acquire.
     pub async fn leave(
         &self,
         resource: &str,
         secret: &str,
         caller: &Caller<'_>,
+        outcome_unknown: bool,
     ) -> Outcome<LeaveOutcome> {
         let reply = self
             .call(&self.scripts.leave, resource, |inv| {
-                inv.arg(secret).arg(caller.daemon_id);
+                inv.arg(secret)
+                    .arg(caller.daemon_id)
+                    .arg(u8::from(outcome_unknown));
             })
             .await;
         match reply {
@@ -273,7 +278,7 @@ impl RedisStore {
                     "left" => Ok(LeaveOutcome::Left),
                     "released" => Ok(LeaveOutcome::GrantReleased),
                     "none" => Ok(LeaveOutcome::NotFound),
-                    other => Err(unexpected(other)),
+                    other => Err(unexpected("leave", other)),
                 };
                 (result, reply.effects)
             }
@@ -293,17 +298,15 @@ impl RedisStore {
                 inv.arg(&lock.secret).arg(client_id).arg(caller.daemon_id);
             })
             .await;
-        let (result, effects) = self.lease_reply(reply, lock);
+        let (result, effects) = lease_reply("release", reply, lock);
         if let Ok(lease) = &result {
-            self.index_write(IndexOp::Remove {
-                key: self.ns.client_index(&lease.client_id),
-                lock_id: lease.lock_id.clone(),
-            });
+            self.forget_candidate(&lease.client_id, &lease.lock_id);
         }
         (result, effects)
     }
 
-    /// Extends a lease held by `client_id`.
+    /// Extends a lease held by `client_id`; its new end is noted in the lease
+    /// index on the same connection just ahead of the script.
     pub async fn renew(
         &self,
         lock: &LockId,
@@ -311,46 +314,37 @@ impl RedisStore {
         ttl_ms: Option<u64>,
         caller: &Caller<'_>,
     ) -> Outcome<Lease> {
-        let reply = self
-            .call(&self.scripts.renew, &lock.resource, |inv| {
-                inv.arg(&lock.secret)
-                    .arg(client_id)
-                    .arg(ttl_ms.unwrap_or(0))
-                    .arg(caller.daemon_id);
-            })
-            .await;
-        let (result, effects) = self.lease_reply(reply, lock);
-        if let Ok(lease) = &result {
-            self.index_put(lease);
-        }
+        let conn = self.conn();
+        let script = self.call_on(conn.clone(), &self.scripts.renew, &lock.resource, |inv| {
+            inv.arg(&lock.secret)
+                .arg(client_id)
+                .arg(ttl_ms.unwrap_or(0))
+                .arg(caller.daemon_id);
+        });
+        let (indexed, reply) = match &self.index {
+            Some(index) => {
+                let bound = ttl_ms.unwrap_or_else(|| index.max_ttl_ms());
+                let lock_id = lock.encode();
+                let note = index.put(self, conn, client_id, &lock_id, bound);
+                tokio::join!(note, script)
+            }
+            None => (Ok(()), script.await),
+        };
+        let (result, effects) = lease_reply("renew", reply, lock);
+        let result = match (result, indexed) {
+            (Ok(_), Err(err)) => Err(LockError::from(err)),
+            (result, _) => result,
+        };
         (result, effects)
-    }
-
-    fn lease_reply(&self, reply: Result<ScriptReply, StoreError>, lock: &LockId) -> Outcome<Lease> {
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(err) => return (Err(err.into()), Effects::default()),
-        };
-        let result = match reply.status.as_str() {
-            "ok" => text(&reply.payload)
-                .and_then(|record| reply::holder(&record, &lock.secret, &lock.resource))
-                .map_err(LockError::from),
-            "not_found" => Err(LockError::NotFound),
-            "not_owner" => Err(LockError::NotOwner),
-            "limit" => Err(LockError::RenewalLimit {
-                max: int(&reply.payload).unwrap_or_default() as u32,
-            }),
-            other => Err(unexpected(other)),
-        };
-        (result, reply.effects)
     }
 
     /// A live lease by its id.
     pub async fn get(&self, lock: &LockId) -> Result<Lease, LockError> {
         let keys = self.ns.resource(&lock.resource);
-        let mut invocation = self.scripts.get.prepare_invoke();
+        let named = &self.scripts.get;
+        let mut invocation = named.script.prepare_invoke();
         invocation.key(&keys.holders).arg(&lock.secret);
-        match self.invoke(&invocation).await? {
+        match self.run(named, &invocation, &mut self.conn()).await? {
             Value::Nil | Value::Boolean(false) => Err(LockError::NotFound),
             record => Ok(reply::holder(
                 &text(&record)?,
@@ -360,18 +354,20 @@ impl RedisStore {
         }
     }
 
-    /// The live holders (secrets hidden) and waiters of a resource.
+    /// The live holders (secrets hidden) and the first live waiters of a resource.
     pub async fn queue(&self, resource: &str) -> Result<QueueView, LockError> {
-        let ResourceKeys {
-            holders,
-            queue,
-            waiters,
-            daemons,
-            ..
-        } = self.ns.resource(resource);
-        let mut invocation = self.scripts.queue.prepare_invoke();
-        invocation.key(holders).key(queue).key(waiters).key(daemons);
-        let mut parts = array(self.invoke(&invocation).await?)?.into_iter().skip(1);
+        let keys = self.ns.resource(resource);
+        let named = &self.scripts.queue;
+        let mut invocation = named.script.prepare_invoke();
+        invocation
+            .key(&keys.holders)
+            .key(&keys.queue)
+            .key(&keys.waiters)
+            .key(&keys.daemons)
+            .arg(QUEUE_VIEW_LIMIT)
+            .arg(QUEUE_VIEW_SCAN);
+        let value = self.run(named, &invocation, &mut self.conn()).await?;
+        let mut parts = array(value)?.into_iter().skip(1);
         let holder_records = array(parts.next().unwrap_or_default())?;
         let waiter_records = array(parts.next().unwrap_or_default())?;
         let mut view = QueueView::default();
@@ -386,20 +382,18 @@ impl RedisStore {
         Ok(view)
     }
 
-    /// Every live lease of one client, checked against each resource.
+    /// Every live lease of one client: the candidates in its index, each
+    /// checked against its resource.
     pub async fn held_by(&self, client_id: &str) -> Result<Vec<Lease>, LockError> {
         let Some(index) = &self.index else {
             return Err(LockError::Disabled(
                 "ListHeld is off: this deployment runs with --list-held-index=false",
             ));
         };
-        let (flushed, done) = oneshot::channel();
-        if index.send(IndexOp::Flush(flushed)).is_ok() {
-            let _ = tokio::time::timeout(self.timeout, done).await;
-        }
-        let mut invocation = self.scripts.held.prepare_invoke();
-        invocation.key(self.ns.client_index(client_id));
-        let ids = array(self.invoke(&invocation).await?)?;
+        let named = &self.scripts.held;
+        let mut invocation = named.script.prepare_invoke();
+        invocation.key(index.key(client_id));
+        let ids = array(self.run(named, &invocation, &mut self.conn()).await?)?;
         let lookups = ids.iter().filter_map(|id| {
             let lock = LockId::parse(&text(id).ok()?)?;
             Some(async move { self.get(&lock).await })
@@ -417,12 +411,68 @@ impl RedisStore {
         Ok(leases)
     }
 
+    /// Sweeps every resource whose due time has come (a lease ended, a
+    /// daemon's liveness lapsed), whoever's they are, and returns what each
+    /// sweep reported. One daemon at a time holds the reaper's turn, to keep
+    /// an idle deployment quiet; two reaping at once would be harmless, since
+    /// a sweep of a resource with nothing due changes nothing.
+    pub async fn reap(&self, caller: &Caller<'_>) -> Result<Vec<(String, Effects)>, StoreError> {
+        let named = &self.scripts.reaper;
+        let mut claim = named.script.prepare_invoke();
+        claim
+            .key(self.ns.reaper())
+            .arg(caller.daemon_id)
+            .arg(REAPER_CLAIM_MS);
+        // The claim answers with the server's clock: due times are on it.
+        let now_ms = match self.run(named, &claim, &mut self.conn()).await? {
+            Value::Int(ms) if ms >= 0 => ms,
+            _ => return Ok(Vec::new()),
+        };
+        let mut pipe = redis::pipe();
+        for bucket in 0..BUCKETS {
+            pipe.cmd("ZRANGE")
+                .arg(self.ns.due(bucket))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(REAP_PER_BUCKET);
+        }
+        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut self.conn())).await?;
+        let due = found.into_iter().flatten();
+        let sweeps = due.into_iter().map(|resource| async move {
+            let reply = self
+                .call(&self.scripts.sweep, &resource, |inv| {
+                    inv.arg(caller.daemon_id);
+                })
+                .await;
+            (resource, reply)
+        });
+        let mut swept = Vec::new();
+        for (resource, reply) in futures::future::join_all(sweeps).await {
+            match reply {
+                Ok(reply) => swept.push((resource, reply.effects)),
+                Err(err) => {
+                    tracing::warn!(%resource, error = %err, "sweeping a due resource failed");
+                }
+            }
+        }
+        Ok(swept)
+    }
+
     /// Answers PING within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn();
         self.bounded(redis::cmd("PING").query_async::<Value>(&mut conn))
             .await
             .map(drop)
+    }
+
+    /// The deployment-wide totals: every bucket's counters and top list.
+    pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
+        let mut conn = self.conn();
+        crate::stats::read(&self.ns, &self.lanes, &mut conn).await
     }
 
     /// Turns on the keyspace notifications lockd needs, keeping flags already set.
@@ -465,88 +515,45 @@ impl RedisStore {
         })
     }
 
-    /// Adds counter changes to the deployment-wide statistics.
-    pub async fn add_stats(&self, delta: &StatsDelta) -> Result<(), StoreError> {
-        let key = self.ns.stats();
-        let top = self.ns.stats_top();
-        let mut pipe = redis::pipe();
-        for mode in LockMode::ALL {
-            let i = mode.index();
-            if delta.grants_by_mode[i] != 0 {
-                pipe.hincr(&key, format!("g:{mode}"), delta.grants_by_mode[i])
-                    .ignore();
-            }
-            if delta.active_by_mode[i] != 0 {
-                pipe.hincr(&key, format!("a:{mode}"), delta.active_by_mode[i])
-                    .ignore();
-            }
-        }
-        for (field, n) in [
-            ("released", delta.released as i64),
-            ("expired", delta.expired as i64),
-            ("abandoned", delta.abandoned as i64),
-            ("hold_ms", delta.hold_ms_sum as i64),
-            ("holds", delta.holds_ended as i64),
-            ("waiting", delta.waiting),
-        ] {
-            if n != 0 {
-                pipe.hincr(&key, field, n).ignore();
-            }
-        }
-        if !delta.grants_by_resource.is_empty() {
-            for (resource, n) in &delta.grants_by_resource {
-                pipe.zincr(&top, resource, *n).ignore();
-            }
-            // Keep the candidates for the top list bounded.
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&top)
-                .arg(0)
-                .arg(-1001)
-                .ignore();
-        }
-        let mut conn = self.conn();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    /// The key layout, for tests and tools that look at Redis directly.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
     }
 
-    /// The deployment-wide totals.
-    pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
-        let mut conn = self.conn();
-        let (fields, top): (Counters, Vec<(String, f64)>) = self
-            .bounded(
-                redis::pipe()
-                    .hgetall(self.ns.stats())
-                    .zrevrange_withscores(self.ns.stats_top(), 0, 99)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let mut totals = StatsDelta::default();
-        for (field, n) in fields {
-            let unsigned = n.max(0) as u64;
-            match field.split_once(':') {
-                Some(("g", mode)) => {
-                    if let Ok(m) = mode.parse::<LockMode>() {
-                        totals.grants_by_mode[m.index()] = unsigned;
-                    }
-                }
-                Some(("a", mode)) => {
-                    if let Ok(m) = mode.parse::<LockMode>() {
-                        totals.active_by_mode[m.index()] = n;
-                    }
-                }
-                _ => match field.as_str() {
-                    "released" => totals.released = unsigned,
-                    "expired" => totals.expired = unsigned,
-                    "abandoned" => totals.abandoned = unsigned,
-                    "hold_ms" => totals.hold_ms_sum = unsigned,
-                    "holds" => totals.holds_ended = unsigned,
-                    "waiting" => totals.waiting = n,
-                    _ => {}
-                },
-            }
-        }
-        totals.grants_by_resource = top.into_iter().map(|(r, n)| (r, n as u64)).collect();
-        Ok(totals)
+    pub(crate) fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
+
+    pub(crate) fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+}
+
+/// Keyspace notification flags lockd needs: keyspace channel, generic, hash,
+/// zset, expired and evicted events.
+pub const NOTIFY_FLAGS: &str = "Kghzxe";
+
+fn lease_reply(
+    script: &'static str,
+    reply: Result<ScriptReply, StoreError>,
+    lock: &LockId,
+) -> Outcome<Lease> {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(err) => return (Err(err.into()), Effects::default()),
+    };
+    let result = match reply.status.as_str() {
+        "ok" => text(&reply.payload)
+            .and_then(|record| reply::holder(&record, &lock.secret, &lock.resource))
+            .map_err(LockError::from),
+        "not_found" => Err(LockError::NotFound),
+        "not_owner" => Err(LockError::NotOwner),
+        "limit" => Err(LockError::RenewalLimit {
+            max: int(&reply.payload).unwrap_or_default() as u32,
+        }),
+        other => Err(unexpected(script, other)),
+    };
+    (result, reply.effects)
 }
 
 fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
@@ -560,8 +567,9 @@ fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
     }
 }
 
-fn unexpected(status: &str) -> LockError {
-    LockError::Internal(format!("unexpected script status {status:?}"))
+fn unexpected(script: &'static str, status: &str) -> LockError {
+    tracing::error!(script, status, "unexpected script status");
+    LockError::Internal(format!("script {script} answered {status:?}"))
 }
 
 /// The value of a CONFIG GET reply, RESP2 (array) or RESP3 (map).
@@ -588,94 +596,6 @@ fn missing_flags(current: &str) -> String {
             !current.contains(f) && !covered_by_all
         })
         .collect()
-}
-
-/// How long the index writer gathers changes before writing them.
-const INDEX_BATCH_WINDOW: Duration = Duration::from_millis(2);
-/// Most changes written in one pipeline.
-const INDEX_BATCH_MAX: usize = 4096;
-
-/// Writes lease-index changes in batches. Gathering for a couple of
-/// milliseconds turns one Redis round trip per lock operation into one per
-/// batch, and a lease released within the window is never added at all. The
-/// index is a hint that ListHeld checks against the leases, so a failed write
-/// only means a lease may be missing from that list until it is renewed.
-async fn write_index(
-    mut conn: ConnectionManager,
-    mut ops: mpsc::UnboundedReceiver<IndexOp>,
-    timeout: Duration,
-) {
-    let mut batch = Vec::new();
-    while ops.recv_many(&mut batch, INDEX_BATCH_MAX).await > 0 {
-        let window = tokio::time::Instant::now() + INDEX_BATCH_WINDOW;
-        while batch.len() < INDEX_BATCH_MAX
-            && !batch.iter().any(|op| matches!(op, IndexOp::Flush(_)))
-        {
-            let room = INDEX_BATCH_MAX - batch.len();
-            match tokio::time::timeout_at(window, ops.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        // The last change of each lease wins: a later score replaces an
-        // earlier one, and a removal replaces any add.
-        let mut last: std::collections::HashMap<(String, String), Option<u64>> =
-            std::collections::HashMap::new();
-        let mut waiting = Vec::new();
-        for op in batch.drain(..) {
-            match op {
-                IndexOp::Put {
-                    key,
-                    lock_id,
-                    expires_ms,
-                } => {
-                    last.insert((key, lock_id), Some(expires_ms));
-                }
-                IndexOp::Remove { key, lock_id } => {
-                    last.insert((key, lock_id), None);
-                }
-                IndexOp::Flush(done) => waiting.push(done),
-            }
-        }
-        let mut pipe = redis::pipe();
-        // One expiry per client key, the latest of its leases.
-        let mut expiries: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        for ((key, lock_id), expires_ms) in &last {
-            match expires_ms {
-                Some(expires_ms) => {
-                    pipe.zadd(key, lock_id, expires_ms).ignore();
-                    let latest = expiries.entry(key).or_default();
-                    *latest = (*latest).max(*expires_ms);
-                }
-                None => {
-                    pipe.zrem(key, lock_id).ignore();
-                }
-            }
-        }
-        for (key, expires_ms) in &expiries {
-            // NX gives a new key an expiry; GT only ever extends it.
-            pipe.cmd("PEXPIREAT")
-                .arg(key)
-                .arg(expires_ms)
-                .arg("NX")
-                .ignore();
-            pipe.cmd("PEXPIREAT")
-                .arg(key)
-                .arg(expires_ms)
-                .arg("GT")
-                .ignore();
-        }
-        if pipe.cmd_iter().next().is_some() {
-            match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(error = %err, "lease index write failed"),
-                Err(_) => tracing::warn!("lease index write timed out"),
-            }
-        }
-        for done in waiting {
-            let _ = done.send(());
-        }
-    }
 }
 
 #[cfg(test)]

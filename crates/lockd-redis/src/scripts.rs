@@ -1,0 +1,96 @@
+//! lockd's Lua scripts, loaded once and run by SHA, and the argument head
+//! every resource script shares (`common.lua`).
+
+use lockd_core::LockMode;
+use lockd_core::engine::{CANCEL_KEEP_MS, PURGE_LIMIT, WAIT_GRACE_MS};
+use redis::{Script, ScriptInvocation};
+
+use crate::keys::ResourceKeys;
+
+/// How many resources each bucket keeps in its top list (twice this before trimming).
+pub const TOP_KEEP: usize = 64;
+
+/// A script and the name it is reported under.
+pub struct Named {
+    pub name: &'static str,
+    pub script: Script,
+}
+
+/// Every script.
+pub struct Scripts {
+    pub acquire: Named,
+    pub sync: Named,
+    pub leave: Named,
+    pub release: Named,
+    pub renew: Named,
+    pub sweep: Named,
+    pub get: Named,
+    pub queue: Named,
+    pub held: Named,
+    pub index: Named,
+    pub reaper: Named,
+    /// The shared-class mode codes, as common.lua takes them.
+    shared_codes: String,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let common = include_str!("../lua/common.lua");
+        let with_common = |name, op: &str| Named {
+            name,
+            script: Script::new(&format!("{common}\n{op}")),
+        };
+        let alone = |name, source: &str| Named {
+            name,
+            script: Script::new(source),
+        };
+        let shared_codes = LockMode::ALL
+            .iter()
+            .filter(|m| m.is_shared_class())
+            .map(|m| m.code().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        Scripts {
+            acquire: with_common("acquire", include_str!("../lua/acquire.lua")),
+            sync: with_common("sync", include_str!("../lua/sync.lua")),
+            leave: with_common("leave", include_str!("../lua/leave.lua")),
+            release: with_common("release", include_str!("../lua/release.lua")),
+            renew: with_common("renew", include_str!("../lua/renew.lua")),
+            sweep: with_common("sweep", include_str!("../lua/sweep.lua")),
+            get: alone("get", include_str!("../lua/get.lua")),
+            queue: alone("queue", include_str!("../lua/queue.lua")),
+            held: alone("held", include_str!("../lua/held.lua")),
+            index: alone("index", include_str!("../lua/index.lua")),
+            reaper: alone("reaper", include_str!("../lua/reaper.lua")),
+            shared_codes,
+        }
+    }
+
+    /// An invocation of a resource script: its keys and the shared argument
+    /// head, to which the caller adds the script's own arguments.
+    pub fn resource_call<'a>(
+        &'a self,
+        named: &'a Named,
+        resource: &str,
+        keys: &ResourceKeys,
+    ) -> ScriptInvocation<'a> {
+        let mut invocation = named.script.prepare_invoke();
+        for key in keys.all() {
+            invocation.key(key);
+        }
+        invocation
+            .arg(resource)
+            .arg(WAIT_GRACE_MS)
+            .arg(CANCEL_KEEP_MS)
+            .arg(PURGE_LIMIT)
+            .arg(&self.shared_codes)
+            .arg(TOP_KEEP);
+        invocation
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Scripts {
+        Scripts::new()
+    }
+}
