@@ -9,3 +9,4 @@ mod failures;
 mod http;
 mod model;
 mod replicas;
+mod startup;
