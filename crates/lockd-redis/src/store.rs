@@ -430,7 +430,8 @@ impl RedisStore {
         invocation.key(self.ns.client_index(client_id));
         let ids = array(self.invoke(&invocation).await?)?;
         let lookups = ids.iter().filter_map(|id| {
-            let lock = LockId::parse(&text(id).ok()?)?;
+            // An index entry that is no lock id names no lease: skip it.
+            let lock = LockId::parse(&text(id).ok()?).ok()?;
             Some(async move { self.get(&lock).await })
         });
         let mut leases = Vec::new();
