@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use lockd_core::Limits;
 
+use crate::error::DaemonError;
+
 /// lockd: a distributed lock service. gRPC in front, Redis behind.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "lockd", version, about)]
@@ -36,15 +38,15 @@ pub struct Config {
     #[arg(long, env = "LOCKD_KEY_PREFIX", default_value = "lockd")]
     pub key_prefix: String,
 
-    /// Lease time to live when a request says 0.
+    /// Lease time to live when a request says 0. At least 1ms, at most --max-ttl.
     #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub default_ttl: Duration,
 
-    /// Longest lease time to live a request may ask for.
+    /// Longest lease time to live a request may ask for. At least 1ms.
     #[arg(long, env = "LOCKD_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
-    /// How long a request waits in line when it does not say.
+    /// How long a request waits in line when it does not say. At most --max-wait.
     #[arg(long, env = "LOCKD_DEFAULT_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub default_wait: Duration,
 
@@ -66,15 +68,19 @@ pub struct Config {
     pub list_held_index: bool,
 
     /// Bound on every Redis call; past it the call fails with UNAVAILABLE.
+    /// Above 0 and at most a quarter of --waiter-liveness: queue entries are
+    /// synced every fifth of the liveness, and a sync that times out must leave
+    /// time for the next one before the entries lapse.
     #[arg(long, env = "LOCKD_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
-    /// Multiplexed Redis connections for lock operations.
+    /// Multiplexed Redis connections for lock operations. At least 1.
     #[arg(long, env = "LOCKD_REDIS_CONNECTIONS", default_value_t = 4)]
     pub redis_connections: usize,
 
     /// How long this daemon's queue entries stay valid without a sync; after
-    /// that (a dead daemon) other daemons skip them. Synced every fifth of it.
+    /// that (a dead daemon) other daemons skip them. Synced every fifth of it;
+    /// at least 1ms and, with Redis, at least 4 times --redis-timeout.
     #[arg(long, env = "LOCKD_WAITER_LIVENESS", default_value = "5s", value_parser = humantime::parse_duration)]
     pub waiter_liveness: Duration,
 
@@ -84,6 +90,84 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks the flags on their own and against each other; the daemon
+    /// refuses to start, before it binds or connects, unless they pass.
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        // Zeros first: a zero is the mistake to report, not the relation it
+        // breaks as well. Limits and waiters count in whole milliseconds.
+        if self.max_ttl.as_millis() == 0 {
+            return Err(bad_flag(
+                "max-ttl",
+                show(self.max_ttl),
+                "must be at least 1ms: no lease could be granted",
+            ));
+        }
+        if self.default_ttl.as_millis() == 0 {
+            return Err(bad_flag(
+                "default-ttl",
+                show(self.default_ttl),
+                "must be at least 1ms: leases of requests that say ttl_ms 0 would expire as they are granted",
+            ));
+        }
+        if self.waiter_liveness.as_millis() == 0 {
+            return Err(bad_flag(
+                "waiter-liveness",
+                show(self.waiter_liveness),
+                "must be at least 1ms: queue entries would lapse as soon as they are written",
+            ));
+        }
+        if self.default_ttl > self.max_ttl {
+            return Err(conflict(
+                ("default-ttl", self.default_ttl),
+                ("max-ttl", self.max_ttl),
+                "the default must not exceed the maximum: requests that say ttl_ms 0 would get \
+                 longer leases than any request may ask for"
+                    .into(),
+            ));
+        }
+        if self.default_wait > self.max_wait {
+            return Err(conflict(
+                ("default-wait", self.default_wait),
+                ("max-wait", self.max_wait),
+                "the default must not exceed the maximum: every request that leaves \
+                 wait_timeout_ms unset would be refused"
+                    .into(),
+            ));
+        }
+        if self.dev {
+            // The memory store makes no Redis calls, so the Redis flags do not matter.
+            return Ok(());
+        }
+        if self.redis_connections == 0 {
+            return Err(bad_flag(
+                "redis-connections",
+                self.redis_connections.to_string(),
+                "must be at least 1: lock operations need a connection",
+            ));
+        }
+        if self.redis_timeout.is_zero() {
+            return Err(bad_flag(
+                "redis-timeout",
+                show(self.redis_timeout),
+                "must be above 0: every Redis call would time out",
+            ));
+        }
+        let quarter = self.waiter_liveness / 4;
+        if self.redis_timeout > quarter {
+            return Err(conflict(
+                ("redis-timeout", self.redis_timeout),
+                ("waiter-liveness", self.waiter_liveness),
+                format!(
+                    "must be at most a quarter of the liveness ({}): queue entries are synced \
+                     every fifth of it, and a sync that times out must leave time for the next \
+                     one before the entries lapse",
+                    show(quarter)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The request limits this configuration sets.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -94,5 +178,45 @@ impl Config {
             default_max_renewals: self.max_renewals,
             max_queue: self.max_queue,
         }
+    }
+}
+
+fn bad_flag(flag: &'static str, value: String, why: &'static str) -> DaemonError {
+    DaemonError::BadFlag { flag, value, why }
+}
+
+fn conflict(
+    (flag, value): (&'static str, Duration),
+    (other, other_value): (&'static str, Duration),
+    why: String,
+) -> DaemonError {
+    DaemonError::FlagConflict {
+        flag,
+        value: show(value),
+        other,
+        other_value: show(other_value),
+        why,
+    }
+}
+
+/// A duration in the largest unit that states it exactly (`24h`, `1250ms`),
+/// which `--flag` accepts back; humantime would say `1day`, which reads
+/// unlike the flag's documented default.
+fn show(value: Duration) -> String {
+    let nanos = value.subsec_nanos();
+    if nanos != 0 {
+        return if nanos.is_multiple_of(1_000_000) {
+            format!("{}ms", value.as_millis())
+        } else if nanos.is_multiple_of(1_000) {
+            format!("{}us", value.as_micros())
+        } else {
+            format!("{}ns", value.as_nanos())
+        };
+    }
+    match value.as_secs() {
+        0 => "0s".to_owned(),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }

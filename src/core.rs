@@ -112,11 +112,12 @@ impl LockCore {
     }
 }
 
-/// A lock id names no lock unless it parses; an empty one is a missing field.
+/// An empty lock id is a missing field, one lockd could not have issued is
+/// invalid, and only a well-formed one is looked up (and may be NOT_FOUND).
 fn parse_lock(lock_id: &str, client_id: Option<&str>) -> Result<LockId, LockError> {
     validate::lock_id(lock_id)?;
     if let Some(client_id) = client_id {
         validate::client_id(client_id)?;
     }
-    LockId::parse(lock_id).ok_or(LockError::NotFound)
+    LockId::parse(lock_id)
 }

@@ -34,4 +34,20 @@ pub enum DaemonError {
     Http(std::io::Error),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A flag's value makes no sense on its own.
+    #[error("invalid --{flag} {value}: {why}")]
+    BadFlag {
+        flag: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    /// Two flags' values contradict each other.
+    #[error("--{flag} {value} does not fit --{other} {other_value}: {why}")]
+    FlagConflict {
+        flag: &'static str,
+        value: String,
+        other: &'static str,
+        other_value: String,
+        why: String,
+    },
 }

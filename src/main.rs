@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use lockd::config::Config;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -10,6 +11,13 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Err(err) = config.validate() {
+        // Checked before binding, so a refused configuration never holds the
+        // port; reported the way clap reports a bad flag, on stderr, exit 2.
+        Config::command()
+            .error(ErrorKind::ArgumentConflict, err)
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

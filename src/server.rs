@@ -39,6 +39,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    config.validate()?;
     let (notices, mut notice_rx) = mpsc::unbounded_channel();
     let (store, notifier) = open_store(&config, notices).await?;
     let store = Arc::new(store);

@@ -127,6 +127,8 @@ async fn a_dead_daemons_waiters_stop_blocking_within_seconds() {
         &prefix,
         "--waiter-liveness",
         "1s",
+        "--redis-timeout",
+        "250ms",
     ];
     let mut doomed = DaemonProcess::spawn(&args).await;
     let survivor = DaemonProcess::spawn(&args).await;

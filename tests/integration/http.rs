@@ -466,12 +466,9 @@ async fn errors_have_their_status_and_name_the_field(backend: Backend) {
         "not_owner",
     );
 
-    // 404: unknown lock ids, well-formed or not, and unknown routes.
-    expect_error(
-        rest.status("nope").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    // 400: a lock id lockd could not have issued (see lock_ids.rs).
+    expect_invalid(rest.status("nope").await, "lockId");
+    // 404: unknown well-formed lock ids, and unknown routes.
     let forged = format!(
         "AAAAAAAAAAAAAAAAAAAAAA.{}",
         lock_id.split_once('.').unwrap().1

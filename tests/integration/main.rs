@@ -7,5 +7,7 @@ mod api;
 mod basics;
 mod failures;
 mod http;
+mod lock_ids;
 mod model;
 mod replicas;
+mod startup;

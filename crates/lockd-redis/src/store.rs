@@ -395,7 +395,8 @@ impl RedisStore {
         invocation.key(index.key(client_id));
         let ids = array(self.run(named, &invocation, &mut self.conn()).await?)?;
         let lookups = ids.iter().filter_map(|id| {
-            let lock = LockId::parse(&text(id).ok()?)?;
+            // An index entry that is no lock id names no lease: skip it.
+            let lock = LockId::parse(&text(id).ok()?).ok()?;
             Some(async move { self.get(&lock).await })
         });
         let mut leases = Vec::new();

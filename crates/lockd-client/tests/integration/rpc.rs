@@ -48,8 +48,14 @@ async fn errors_keep_the_daemons_status_code() {
         .expect_err("not ours");
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
 
-    let err = owner.get_lock("no-such-lock").await.expect_err("unknown");
+    // Well formed (a secret and resource "r") but issued by nobody.
+    let err = owner
+        .get_lock("AAAAAAAAAAAAAAAAAAAAAA.cg")
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    let err = owner.get_lock("no-such-lock").await.expect_err("malformed");
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
 
     let err = owner.lock("").acquire().await.expect_err("empty resource");
     assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
