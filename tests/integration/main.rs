@@ -5,6 +5,7 @@ mod harness;
 
 mod api;
 mod basics;
+mod contracts;
 mod failures;
 mod http;
 mod lock_ids;

@@ -1,0 +1,399 @@
+//! The store's contracts from the correctness review, each end to end on a
+//! real redis-server: injective keys, reclaimed grants, outages heard,
+//! retried leaves, monotonic tokens, exact statistics, read-your-writes
+//! ListHeld, bounded script work and honest error codes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockd::pb;
+use lockd_core::{AcquireOutcome, AcquireSpec, Caller, LeaveOutcome, LockMode};
+use lockd_redis::keys::Namespace;
+use lockd_redis::{RedisOptions, RedisStore};
+use tonic::Code;
+
+use crate::harness::*;
+
+/// Flags that make a dead daemon look dead within about a second.
+const FAST_LIVENESS: [&str; 4] = ["--waiter-liveness", "1s", "--redis-timeout", "250ms"];
+
+async fn stats(c: &mut Client) -> pb::GetStatsResponse {
+    c.get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn queue(c: &mut Client, resource: &str) -> pb::GetQueueResponse {
+    c.get_queue(pb::GetQueueRequest {
+        resource: resource.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn held(c: &mut Client, client_id: &str) -> Vec<pb::Lease> {
+    c.list_held(pb::ListHeldRequest {
+        client_id: client_id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .leases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_named_like_internal_keys_are_ordinary_locks() {
+    let env = Env::new(Backend::Redis, 1).await;
+    let mut c = env.client(0).await;
+    // Before the bucketed layout, "stats" was the statistics hash's key.
+    for name in ["stats", "{stats}", "stats}:top", "c:{x}", "%7B", ":", "{}"] {
+        let lease = acquire(&mut c, req(name, "a")).await;
+        release(&mut c, &lease).await;
+    }
+    let s = stats(&mut c).await;
+    assert_eq!(s.total_locks, 7);
+    assert_eq!(s.released_locks, 7);
+    assert_eq!(s.active_locks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_to_a_dead_daemons_waiter_is_reclaimed_while_nobody_touches_the_resource() {
+    let env = Env::with_args(Backend::Redis, 1, &FAST_LIVENESS).await;
+    let mut args = env.daemon_args();
+    args.extend(FAST_LIVENESS.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut doomed = DaemonProcess::spawn(&args).await;
+    let mut c = env.client(0).await;
+    let holder = acquire(&mut c, req("r", "holder").ttl(3_600_000)).await;
+    let mut d = doomed.client().await;
+    let mut waiter = Waiting::start(&mut d, req("r", "waiter").wait(60_000).ttl(3_600_000)).await;
+    waiter.queued().await;
+    // The waiter's daemon dies just before the holder releases: the grant
+    // goes to its inbox, and the hour-long lease is nobody's.
+    doomed.kill();
+    release(&mut c, &holder).await;
+    // Nobody touches "r" again; only read-only views look at it.
+    let reclaimed = eventually(Duration::from_secs(6), || {
+        let mut c = c.clone();
+        async move { queue(&mut c, "r").await.holders.is_empty() }
+    })
+    .await;
+    assert!(reclaimed, "the abandoned grant still holds the resource");
+    let s = stats(&mut c).await;
+    assert_eq!(s.active_locks, 0, "{s:?}");
+    assert_eq!(s.waiting, 0, "{s:?}");
+    acquire(&mut c, req("r", "next").wait(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_hears_of_an_outage_within_the_liveness() {
+    let env = Env::with_args(Backend::Redis, 1, &FAST_LIVENESS).await;
+    let mut c = env.client(0).await;
+    let _holder = acquire(&mut c, req("r", "holder")).await;
+    let mut waiter = Waiting::start(&mut c, req("r", "waiter").wait(3_600_000)).await;
+    waiter.queued().await;
+    let redis = env.redis.as_ref().unwrap();
+    redis.pause();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiter.next()).await;
+    redis.resume();
+    let err = ended
+        .expect("the hour-long wait ends within seconds")
+        .expect_err("no grant while redis is frozen");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "heard after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_fails_is_retried_so_its_grant_never_blocks_the_resource() {
+    let env = Env::with_args(
+        Backend::Redis,
+        1,
+        &["--waiter-liveness", "3s", "--redis-timeout", "250ms"],
+    )
+    .await;
+    let mut c = env.client(0).await;
+    let holder = acquire(&mut c, req("r", "holder")).await;
+    let mut waiter = Waiting::start(&mut c, req("r", "waiter").wait(600).ttl(3_600_000)).await;
+    waiter.queued().await;
+    // Redis is frozen when the wait ends: the leave fails.
+    let redis = env.redis.as_ref().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.pause();
+    let err = waiter.next().await.expect_err("the wait times out");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+    // The queue entry is still valid (wait + grace, daemon alive): without
+    // the retried leave, this release would grant the hour-long lease to a
+    // waiter that is gone.
+    release(&mut c, &holder).await;
+    let free = eventually(Duration::from_secs(3), || {
+        let mut c = c.clone();
+        async move { c.acquire(req("r", "next").wait(0)).await.is_ok() }
+    })
+    .await;
+    assert!(free, "the gone waiter's grant blocks the resource");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_script_is_internal_and_names_the_script() {
+    let env = Env::new(Backend::Redis, 1).await;
+    let redis = env.redis.as_ref().unwrap();
+    let keys = Namespace::new(&env.prefix, 0).resource("broken");
+    let mut conn = redis.connection();
+    // A key of the wrong type makes HGETALL fail inside the script.
+    let _: () = redis::cmd("SET")
+        .arg(&keys.holders)
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let mut c = env.client(0).await;
+    let err = c.acquire(req("broken", "a")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("acquire"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_held_is_read_your_writes_on_another_replica() {
+    let env = Env::new(Backend::Redis, 2).await;
+    let mut a = env.client(0).await;
+    let mut b = env.client(1).await;
+    for i in 0..300 {
+        let lease = acquire(&mut a, req(&format!("r{}", i % 7), "ryw")).await;
+        let listed = held(&mut b, "ryw").await;
+        assert!(
+            listed.iter().any(|l| l.lock_id == lease.lock_id),
+            "round {i}: a granted lease is missing from ListHeld on the other replica"
+        );
+        release(&mut a, &lease).await;
+        let listed = held(&mut b, "ryw").await;
+        assert!(
+            listed.iter().all(|l| l.lock_id != lease.lock_id),
+            "round {i}: a released lease is still listed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_count_leases_that_expire_on_resources_nobody_touches() {
+    let env = Env::new(Backend::Redis, 2).await;
+    let mut a = env.client(0).await;
+    let mut b = env.client(1).await;
+    for i in 0..5 {
+        acquire(&mut a, req(&format!("short{i}"), "x").ttl(200)).await;
+    }
+    for _ in 0..3 {
+        let lease = acquire(&mut b, req("hot", "y")).await;
+        release(&mut b, &lease).await;
+    }
+    let counted = eventually(Duration::from_secs(5), || {
+        let mut a = a.clone();
+        async move {
+            let s = stats(&mut a).await;
+            s.active_locks == 0 && s.expired_locks == 5
+        }
+    })
+    .await;
+    let from_a = stats(&mut a).await;
+    assert!(counted, "expiries nobody saw are not counted: {from_a:?}");
+    assert_eq!(from_a.total_locks, 8);
+    assert_eq!(from_a.released_locks, 3);
+    assert!((from_a.average_hold_time_ms - 125.0).abs() < 125.0);
+    let from_b = stats(&mut b).await;
+    assert_eq!(from_a, from_b, "every replica answers the same");
+    assert_eq!(from_a.top_resources[0].resource, "hot");
+    assert_eq!(from_a.top_resources[0].locks, 3);
+}
+
+/// A store of our own on `server`, for looking below the daemon.
+async fn store(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::connect(&RedisOptions {
+        url: server.url(),
+        key_prefix: prefix.to_owned(),
+        connections: 1,
+        timeout: Duration::from_secs(2),
+        list_held_index: true,
+        max_ttl: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap()
+}
+
+fn secret() -> String {
+    lockd_core::LockId::generate("r").secret
+}
+
+fn exclusive(resource: &str, client: &str, wait_ms: u64) -> AcquireSpec {
+    AcquireSpec {
+        resource: resource.to_owned(),
+        mode: LockMode::Exclusive,
+        ttl_ms: 60_000,
+        wait_ms,
+        client_id: client.to_owned(),
+        max_renewals: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_script_drops_a_bounded_number_of_dead_entries() {
+    let server = RedisServer::start();
+    let prefix = unique("bounded");
+    let store = store(&server, &prefix).await;
+    let dead = Caller {
+        daemon_id: "dead",
+        liveness_ms: 300,
+    };
+    let live = Caller {
+        daemon_id: "live",
+        liveness_ms: 60_000,
+    };
+    let (held, _) = store
+        .acquire(&exclusive("r", "h", 0), &secret(), &live, 0)
+        .await;
+    let Ok(AcquireOutcome::Granted(lease)) = held else {
+        panic!("{held:?}");
+    };
+    for i in 0..1_000 {
+        let (queued, _) = store
+            .acquire(
+                &exclusive("r", &format!("w{i}"), 60_000),
+                &secret(),
+                &dead,
+                0,
+            )
+            .await;
+        assert!(matches!(queued, Ok(AcquireOutcome::Queued { .. })));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let keys = store.namespace().resource("r");
+    let mut conn = server.connection();
+    let lock = lockd_core::LockId::parse(&lease.lock_id).unwrap();
+    let (released, _) = store.release(&lock, "h", &live).await;
+    released.unwrap();
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(&keys.queue)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, 900, "one script drops at most 100 dead entries");
+    // The rest go by the reaper's sweeps, and the waiting count is exact:
+    // the dead daemon's entries stopped counting when it was found dead.
+    let mut swept = 0;
+    while swept < 20 {
+        store.reap(&live).await.unwrap();
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(&keys.queue)
+            .query(&mut conn)
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        swept += 1;
+    }
+    let totals = store.read_stats().await.unwrap();
+    assert_eq!(totals.waiting, 0);
+    let (free, _) = store
+        .acquire(&exclusive("r", "n", 0), &secret(), &live, 0)
+        .await;
+    assert!(matches!(free, Ok(AcquireOutcome::Granted(_))), "{free:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_that_arrives_after_its_leave_takes_no_effect() {
+    let server = RedisServer::start();
+    let store = store(&server, &unique("cancel")).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    // The acquire's reply timed out; the daemon's leave ran first.
+    let late_secret = secret();
+    let (left, _) = store.leave("r", &late_secret, &me, true).await;
+    assert_eq!(left.unwrap(), LeaveOutcome::NotFound);
+    let (late, _) = store
+        .acquire(&exclusive("r", "a", 0), &late_secret, &me, 0)
+        .await;
+    assert!(matches!(late, Ok(AcquireOutcome::Busy)), "{late:?}");
+    let (free, _) = store
+        .acquire(&exclusive("r", "b", 0), &secret(), &me, 0)
+        .await;
+    assert!(matches!(free, Ok(AcquireOutcome::Granted(_))), "{free:?}");
+}
+
+/// libfaketime, preloaded before glibc so that Debian's jemalloc-built
+/// redis-server starts (see shared/notes/redis-topologies.md).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rise_when_redis_comes_back_with_its_clock_an_hour_behind() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "libfaketime is missing: apt-get install faketime (see .ci/run)"
+    );
+    let dir = std::env::temp_dir().join(unique("clock"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let start = |offset: Option<&str>| {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(offset) = offset {
+            cmd.env(
+                "LD_PRELOAD",
+                format!("{FAKETIME}:/lib/x86_64-linux-gnu/libc.so.6"),
+            )
+            .env("FAKETIME", offset)
+            .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        cmd.spawn().unwrap()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let ready = || async {
+        eventually(Duration::from_secs(10), || async {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        })
+        .await
+    };
+    let mut first = start(None);
+    assert!(ready().await, "redis did not start");
+    let prefix = unique("tok");
+    let args = ["--redis-url", &url, "--key-prefix", &prefix];
+    let token = |daemon: &Daemon| {
+        let addr = daemon.addr;
+        async move {
+            let mut c = connect(addr).await;
+            let lease = acquire(&mut c, req("r", "a").ttl(100)).await;
+            release(&mut c, &lease).await;
+            lease.fencing_token
+        }
+    };
+    let daemon = Daemon::start(&args).await;
+    let before = token(&daemon).await;
+    drop(daemon);
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = start(Some("-1h"));
+    assert!(ready().await, "redis under faketime did not start");
+    let daemon = Daemon::start(&args).await;
+    let after = token(&daemon).await;
+    drop(daemon);
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        after > before,
+        "token {after} after {before} once the clock stepped back an hour"
+    );
+}
