@@ -1,5 +1,6 @@
-//! A Redis Cluster on loopback: three primaries with one replica each, with a
-//! one-second node timeout so that a killed primary fails over in seconds.
+//! A Redis Cluster of three primaries and three replicas on loopback.
+//!
+//! A one-second node timeout lets a killed primary fail over in seconds.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use crate::ids::try_free_port;
 use crate::paths::{TempDir, program};
 use crate::process::ChildProcess;
-use crate::redis::{RedisServer, info_field, probe};
+use crate::redis::{RedisServer, default_args, info_field, probe};
 use crate::wait;
 
 /// How long `redis-cli --cluster create` and the first convergence may take.
@@ -178,19 +179,20 @@ impl RedisCluster {
     }
 }
 
-/// A cluster node. Its own data folder keeps its nodes.conf apart from the
-/// others'. The bus port is chosen free too: the default (port + 10000) may
+/// A cluster node. Its own data folder already keeps its nodes file apart
+/// from the others'; the port in the name tells them apart in a report. The
+/// bus port is chosen free too: the default (port + 10000) may
 /// be taken or above 65535.
 fn start_node() -> RedisServer {
     RedisServer::launch("cluster node", Vec::new(), |port, dir| {
         let bus = try_free_port().unwrap_or_else(|e| panic!("finding a cluster bus port: {e}"));
-        let mut args = crate::redis::default_args(port, dir, &[]);
+        let mut args = default_args(port, dir, &[]);
         args.extend(
             [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
-                "nodes.conf",
+                &format!("nodes-{port}.conf"),
                 "--cluster-node-timeout",
                 "1000",
                 "--cluster-require-full-coverage",
@@ -290,6 +292,8 @@ mod tests {
         let mut cluster = RedisCluster::start();
         let shards = cluster.shards();
         assert_eq!(shards.len(), 3, "{shards:?}");
+        assert_eq!(cluster.nodes().len(), 6);
+        assert!(cluster.addrs().iter().all(|a| a.ip().is_loopback()));
         let old = cluster.kill_primary_of(0);
         let replica = shards.iter().find(|s| s.primary == old).unwrap().replicas[0];
         let new = cluster.wait_for_failover(0, old);

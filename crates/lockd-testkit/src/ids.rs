@@ -1,13 +1,13 @@
 //! Free loopback ports and names that no other test of this process uses.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Ports handed out in this process. A port is given once only, so two
 /// servers started at the same moment never race for the same one.
-static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// A loopback TCP port that was free a moment ago and has not been handed out
 /// before in this process. The kernel picks ephemeral ports at random, so
@@ -19,7 +19,7 @@ pub fn try_free_port() -> std::io::Result<u16> {
             .local_addr()?
             .port();
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given.get_or_insert_with(HashSet::new).insert(port) {
+        if given.insert(port) {
             return Ok(port);
         }
     }
@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn ports_and_names_are_not_repeated() {
-        let ports: HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        let ports: BTreeSet<u16> = (0..50).map(|_| free_port()).collect();
         assert_eq!(ports.len(), 50);
         assert_ne!(unique("a"), unique("a"));
     }

@@ -1,7 +1,7 @@
-//! Test support for lockd: real redis-server, Sentinel, Cluster and lockd
-//! child processes on free loopback ports, for tests and the benchmark only.
+//! Real redis-server, Sentinel, Cluster and lockd processes for lockd's tests.
 //!
-//! Every starter polls until what it started really serves, within a bounded
+//! Only tests (as a dev-dependency) and the benchmark use this crate. The
+//! processes listen on free loopback ports. Every starter polls until what it started really serves, within a bounded
 //! wait, and panics with a message naming what did not come up (with the tail
 //! of its log). Every child is killed when its handle is dropped, and by the
 //! kernel if the test process dies first (see [`process`]).

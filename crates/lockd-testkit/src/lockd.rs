@@ -1,5 +1,4 @@
-//! A lockd daemon as a child process on a free loopback port, for tests that
-//! kill it or run it as users do.
+//! A lockd daemon as a child process, for tests that kill it or run it as users do.
 //!
 //! The binary is `$LOCKD_BIN` when set. Otherwise it is `<target>/debug/lockd`
 //! of this workspace, first brought up to date with `cargo build -p lockd`
@@ -62,10 +61,6 @@ impl Lockd {
     /// `127.0.0.1:<port>`, as `lockctl --endpoint` and clients take it.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
     }
 
     /// The daemon's output so far.

@@ -1,5 +1,4 @@
-//! Where things are: the workspace, its target folder, installed programs,
-//! and scratch folders removed on drop.
+//! The workspace and target folders, installed programs, and scratch folders.
 
 use std::path::{Path, PathBuf};
 

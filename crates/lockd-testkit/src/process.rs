@@ -1,6 +1,7 @@
-//! A child process whose output goes to a log file, signalled by pid, killed
-//! on drop, and killed by the kernel when the process that started it dies.
+//! A child process logging to a file, killed on drop and with its parent.
 //!
+//! The kernel kills every child when the process that started it dies
+//! (`PR_SET_PDEATHSIG`), so an aborted test run leaves no servers behind.
 //! Children are forked from one long-lived thread because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child ends:
 //! forking from a test's own thread would kill a server shared through a
@@ -36,13 +37,14 @@ impl ChildProcess {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory
         // of the parent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // The parent may have died before prctl took effect.
-                if libc::getppid() == 1 {
+                if libc::getppid() != parent {
                     return Err(io::Error::other("parent exited during spawn"));
                 }
                 Ok(())
@@ -55,10 +57,6 @@ impl ChildProcess {
             log: log.to_path_buf(),
             exit: None,
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn pid(&self) -> u32 {

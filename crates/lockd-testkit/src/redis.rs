@@ -1,6 +1,7 @@
-//! One redis-server child on a free loopback port, with its own scratch
-//! folder: paused, killed, restarted on the same port, or run with its clock
-//! offset through libfaketime.
+//! One redis-server child: paused, killed, restarted, or with its clock offset.
+//!
+//! Each server listens on a free loopback port and keeps its data in a
+//! scratch folder of its own; libfaketime offsets the clock.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -250,14 +251,6 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // A stopped process cannot be reaped until it runs again.
-        self.resume();
-        self.kill();
-    }
-}
-
 /// `--port`, loopback only, no persistence, replication without the 5 s
 /// diskless-sync delay, then `extra`.
 pub(crate) fn default_args(port: u16, dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -294,25 +287,15 @@ pub(crate) fn probe(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
     Ok(conn)
 }
 
-/// `INFO <section>` of the server at `addr` as `field -> value`.
-pub(crate) fn info(addr: SocketAddr, section: &str) -> Option<Vec<(String, String)>> {
+/// The value of `field` in `INFO <section>` of the server at `addr`.
+pub(crate) fn info_field(addr: SocketAddr, section: &str, field: &str) -> Option<String> {
     let text: String = probe(addr)
         .and_then(|mut c| redis::cmd("INFO").arg(section).query(&mut c))
         .ok()?;
-    Some(
-        text.lines()
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect(),
-    )
-}
-
-/// The value of `field` in `INFO <section>` at `addr`.
-pub(crate) fn info_field(addr: SocketAddr, section: &str, field: &str) -> Option<String> {
-    info(addr, section)?
-        .into_iter()
-        .find(|(k, _)| k == field)
-        .map(|(_, v)| v)
+    text.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(k, _)| *k == field)
+        .map(|(_, v)| v.trim().to_string())
 }
 
 /// libfaketime and the glibc to preload after it, from the multiarch folders

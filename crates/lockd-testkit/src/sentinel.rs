@@ -1,5 +1,6 @@
-//! A Sentinel deployment on loopback: one primary, two replicas and three
-//! sentinels (quorum 2) tuned to fail over within a few seconds.
+//! A Sentinel deployment that fails over within seconds.
+//!
+//! One primary, two replicas and three sentinels (quorum 2) on loopback.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -223,6 +224,7 @@ mod tests {
     fn a_killed_primary_is_replaced() {
         let mut group = SentinelGroup::start();
         assert_eq!(group.sentinel_addrs().len(), 3);
+        assert_eq!(group.nodes().len(), 3);
         let old = group.kill_primary();
         let new = group.wait_for_failover(old);
         assert_ne!(new, old);

@@ -1,5 +1,7 @@
-//! The testkit's starters for shell scripts: prints where the started
-//! processes listen, then keeps them until its stdin closes.
+//! The testkit's starters for shell scripts such as `tests/run.sh`.
+//!
+//! Prints where the started processes listen, then keeps them until its
+//! stdin closes.
 
 use std::io::{Read, Write};
 
