@@ -22,20 +22,15 @@ echo "== building"
 cargo build --workspace --all-targets
 
 echo "== examples in Go, Java and Python against a live daemon on a real Redis"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(port)
-lockd_port=$(port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-redis_pid=$!
-cleanup() { kill "${lockd_pid:-}" "$redis_pid" 2>/dev/null || true; }
-trap cleanup EXIT
-for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-RUST_LOG=warn target/debug/lockd --listen "127.0.0.1:$lockd_port" --redis-url "redis://127.0.0.1:$redis_port" &
-lockd_pid=$!
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$lockd_port") 2>/dev/null && break; sleep 0.1; done
-bash examples/run-all.sh "127.0.0.1:$lockd_port"
-cleanup
-trap - EXIT
+# lockd-testkit starts redis-server and lockd on free ports, prints lockd's
+# address, and stops both once its stdin closes: below, or when this script
+# exits for any reason.
+coproc testkit { target/debug/lockd-testkit lockd-on-redis target/debug/lockd; }
+read -r lockd_endpoint <&"${testkit[0]}"
+bash examples/run-all.sh "$lockd_endpoint"
+testkit_stdin=${testkit[1]}
+exec {testkit_stdin}>&-
+wait "$testkit_PID"
 
 echo "== deploy/: manifests, dashboard"
 bash deploy/validate.sh

@@ -1,10 +1,10 @@
 //! Test harness: real redis-server processes on free loopback ports, real
 //! daemons (in-process on 127.0.0.1:0, or as child processes that can be
-//! killed), and real gRPC clients.
+//! killed), and real gRPC clients. The processes come from `lockd-testkit`;
+//! this module adds what needs the lockd crate itself.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -18,15 +18,12 @@ use tonic::transport::Channel;
 
 pub type Client = LockServiceClient<Channel>;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
+pub use lockd_testkit::{free_port, unique};
 
-/// A redis-server child process, killed on drop.
+/// A redis-server child process, killed on drop. Derefs to
+/// [`lockd_testkit::RedisServer`] for kill, restart and the rest.
 pub struct RedisServer {
-    child: Child,
+    server: lockd_testkit::RedisServer,
     pub port: u16,
 }
 
@@ -37,48 +34,11 @@ impl RedisServer {
 
     /// A server with extra configuration flags.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        for _ in 0..5 {
-            let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (see .ci/run)");
-            let mut server = RedisServer { child, port };
-            if server.wait_ready(Duration::from_secs(5)) {
-                return server;
-            }
-            let _ = server.child.kill();
+        let server = lockd_testkit::RedisServer::start_with(extra);
+        RedisServer {
+            port: server.port(),
+            server,
         }
-        panic!("redis-server did not start");
-    }
-
-    fn wait_ready(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Ok(client) = redis::Client::open(self.url())
-                && let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
     }
 
     pub fn url(&self) -> String {
@@ -87,43 +47,31 @@ impl RedisServer {
 
     /// Freezes the server: connections stay open but nothing answers.
     pub fn pause(&self) {
-        signal(self.child.id(), "STOP");
+        self.server.pause();
     }
 
     pub fn resume(&self) {
-        signal(self.child.id(), "CONT");
+        self.server.resume();
     }
 
     /// A direct connection, for looking at keys.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to test redis")
+        self.server.connection()
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for RedisServer {
+    type Target = lockd_testkit::RedisServer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.server
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-}
-
-/// Key prefixes unique within this test process, so tests can share nothing.
-pub fn unique(name: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+impl DerefMut for RedisServer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.server
+    }
 }
 
 /// A daemon running inside the test process.
@@ -183,30 +131,24 @@ impl Drop for Daemon {
 
 /// A daemon as a child process, for tests that kill it.
 pub struct DaemonProcess {
-    child: Child,
+    daemon: lockd_testkit::Lockd,
     pub addr: SocketAddr,
 }
 
 impl DaemonProcess {
     pub async fn spawn(args: &[&str]) -> DaemonProcess {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let child = Command::new(env!("CARGO_BIN_EXE_lockd"))
-            .args(["--listen", &addr.to_string()])
-            .args(args)
+        let command = lockd_testkit::Lockd::command(env!("CARGO_BIN_EXE_lockd"))
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn lockd");
-        let process = DaemonProcess { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return process;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            .args(args);
+        // Waiting for the port blocks; off the runtime, in-process daemons
+        // of the same test keep running meanwhile.
+        let daemon = tokio::task::spawn_blocking(move || command.start())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        DaemonProcess {
+            addr: daemon.addr(),
+            daemon,
         }
-        panic!("lockd did not start listening on {addr}");
     }
 
     pub async fn client(&self) -> Client {
@@ -215,21 +157,12 @@ impl DaemonProcess {
 
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        signal(self.child.id(), "TERM");
-        self.child.wait().expect("wait for lockd")
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.terminate()
     }
 }
 

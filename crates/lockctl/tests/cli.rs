@@ -1,14 +1,29 @@
 //! lockctl end to end: the real binary against a real `lockd --dev` daemon
-//! (see `lockd_client::testing` for how the daemon is found and started).
+//! (see `lockd_testkit::lockd` for how the daemon is found and started).
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use lockd_client::testing::{DevDaemon, RedisServer, unique_client_id};
 use lockd_client::{Client, Code};
+use lockd_testkit::{Lockd, RedisServer, unique};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// Clients of the test daemon, for setting up what lockctl then inspects.
+trait DaemonClient {
+    /// A connected client with a fresh client_id.
+    fn client(&self) -> impl std::future::Future<Output = Client>;
+}
+
+impl DaemonClient for Lockd {
+    async fn client(&self) -> Client {
+        Client::connect(self.endpoint())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test daemon: {e}"))
+            .with_client_id(unique("test"))
+    }
+}
 
 /// What a finished lockctl run left behind.
 #[derive(Debug)]
@@ -33,7 +48,7 @@ impl Run {
 
 /// `lockctl --endpoint <daemon> --client-id <id> ARGS...`, isolated from
 /// the caller's LOCKD_* environment.
-fn lockctl(daemon: &DevDaemon, client_id: &str, args: &[&str]) -> Command {
+fn lockctl(daemon: &Lockd, client_id: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockctl"));
     cmd.env_remove("LOCKD_ENDPOINT")
         .env_remove("LOCKD_CLIENT_ID")
@@ -102,8 +117,8 @@ async fn waiters(client: &Client, resource: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn acquire_status_held_release_in_json() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     let acquired = run(lockctl(
         &daemon,
         &me,
@@ -164,8 +179,8 @@ async fn acquire_status_held_release_in_json() {
 
 #[tokio::test]
 async fn text_output_is_readable() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     let acquired = run(lockctl(&daemon, &me, &["acquire", "ctl/text"])).await;
     let text = &acquired.assert_status(0).stdout;
     assert!(text.contains("resource       ctl/text"), "{text}");
@@ -191,8 +206,8 @@ async fn text_output_is_readable() {
 
 #[tokio::test]
 async fn failures_have_distinct_exit_statuses() {
-    let daemon = DevDaemon::start();
-    let owner = unique_client_id("owner");
+    let daemon = Lockd::start(&["--dev"]);
+    let owner = unique("owner");
     let acquired = run(lockctl(
         &daemon,
         &owner,
@@ -204,7 +219,7 @@ async fn failures_have_distinct_exit_statuses() {
         .unwrap()
         .to_owned();
 
-    let stranger = unique_client_id("stranger");
+    let stranger = unique("stranger");
     let busy = run(lockctl(
         &daemon,
         &stranger,
@@ -239,8 +254,8 @@ async fn failures_have_distinct_exit_statuses() {
 
 #[tokio::test]
 async fn health_reports_serving_on_both_endpoint_forms() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     let text = run(lockctl(&daemon, &me, &["health"])).await;
     assert_eq!(text.assert_status(0).stdout.trim(), "SERVING");
 
@@ -254,8 +269,8 @@ async fn health_reports_serving_on_both_endpoint_forms() {
 
 #[tokio::test]
 async fn health_names_services_and_fails_when_redis_is_down() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     let api = run(lockctl(
         &daemon,
         &me,
@@ -271,15 +286,15 @@ async fn health_names_services_and_fails_when_redis_is_down() {
     .await;
     unknown.assert_status(4);
 
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut redis) = RedisServer::try_start() else {
         eprintln!("redis-server is not installed: NOT_SERVING is not checked");
         return;
     };
-    let daemon = DevDaemon::start_with_redis(&redis.url(), &[]);
+    let daemon = Lockd::start(&["--redis-url", &redis.url()]);
     run(lockctl(&daemon, &me, &["health"]))
         .await
         .assert_status(0);
-    redis.stop();
+    redis.kill();
     let down = eventually(
         Duration::from_secs(10),
         "health to turn NOT_SERVING",
@@ -296,7 +311,7 @@ async fn health_names_services_and_fails_when_redis_is_down() {
 
 #[tokio::test]
 async fn queue_and_stats_json_parse() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
     let holder = client.lock("ctl/queue").acquire().await.expect("holder");
     let waiter = daemon.client().await;
@@ -312,7 +327,7 @@ async fn queue_and_stats_json_parse() {
     })
     .await;
 
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
     let queue = run(lockctl(&daemon, &me, &["--json", "queue", "ctl/queue"])).await;
     let queue = queue.assert_status(0).json();
     assert_eq!(queue["resource"], "ctl/queue");
@@ -343,9 +358,9 @@ async fn queue_and_stats_json_parse() {
 
 #[tokio::test]
 async fn run_passes_the_lease_to_the_command_and_its_exit_code_back() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
     let out = run(lockctl(
         &daemon,
         &me,
@@ -379,8 +394,8 @@ async fn run_passes_the_lease_to_the_command_and_its_exit_code_back() {
 
 #[tokio::test]
 async fn run_renews_while_the_command_runs() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     // A 600 ms lease held for 2 s: only renewals keep it.
     let out = run(lockctl(
         &daemon,
@@ -394,14 +409,14 @@ async fn run_renews_while_the_command_runs() {
 
 #[tokio::test]
 async fn run_waits_for_a_contended_lock() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
     let holder = client
         .lock("ctl/contended")
         .acquire()
         .await
         .expect("holder");
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
     let mut cmd = lockctl(
         &daemon,
         &me,
@@ -444,10 +459,10 @@ async fn run_waits_for_a_contended_lock() {
 
 #[tokio::test]
 async fn run_gives_up_after_wait_and_ctrl_c_leaves_the_queue() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
     let holder = client.lock("ctl/giveup").acquire().await.expect("holder");
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
 
     let timed_out = run(lockctl(
         &daemon,
@@ -501,8 +516,8 @@ async fn run_gives_up_after_wait_and_ctrl_c_leaves_the_queue() {
 
 #[tokio::test]
 async fn run_stops_the_command_when_the_lease_is_lost() {
-    let daemon = DevDaemon::start();
-    let me = unique_client_id("ctl");
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
     let child = lockctl(
         &daemon,
         &me,
@@ -544,9 +559,9 @@ async fn run_stops_the_command_when_the_lease_is_lost() {
 
 #[tokio::test]
 async fn run_reports_a_missing_command_and_releases() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
     let out = run(lockctl(
         &daemon,
         &me,
@@ -567,9 +582,9 @@ async fn run_reports_a_missing_command_and_releases() {
 
 #[tokio::test]
 async fn watch_prints_changes_and_stops_on_ctrl_c() {
-    let daemon = DevDaemon::start();
+    let daemon = Lockd::start(&["--dev"]);
     let client = daemon.client().await;
-    let me = unique_client_id("ctl");
+    let me = unique("ctl");
     let mut child = lockctl(
         &daemon,
         &me,

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use lockd_testkit::{RedisServer, TempDir, program, target_dir};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::metrics::RedisProbe;
-use crate::procs::{Proc, Scratch, free_port, wait_ready};
+use crate::procs::{Proc, free_port, wait_ready};
 use crate::systems::etcd::Etcd;
 use crate::systems::lockd::{Lockd, connect_channel};
 use crate::systems::redis_direct::RedisDirect;
@@ -42,31 +43,35 @@ pub struct Deployment {
     pub redis: Option<RedisProbe>,
     /// Children started for this deployment; stopped by [`Deployment::stop`] or on drop.
     procs: Vec<Proc>,
-    /// Declared after `procs` so that it is removed only once they are gone.
-    _scratch: Option<Scratch>,
+    /// Declared after `procs` so that lockd is stopped before its store.
+    redis_server: Option<RedisServer>,
+    /// Declared after the children so that it is removed only once they are gone.
+    _scratch: Option<TempDir>,
 }
 
 impl Deployment {
     /// Starts `kind` from scratch on free loopback ports.
     pub async fn start(kind: SystemKind, opts: &DeployOpts) -> Result<Deployment> {
-        let scratch = Scratch::new(kind.name())?;
-        let dir = scratch.path.clone();
+        let scratch = TempDir::new(&format!("bench-{}", kind.name()))?;
+        let dir = scratch.path().to_path_buf();
         // Declared after `scratch`, so on an early return the children are
         // killed before their folder is removed.
         let mut procs = Vec::new();
         let mut redis = None;
-        let mut redis_url = None;
+        let mut redis_server = None;
         if matches!(kind, SystemKind::LockdRedis | SystemKind::RedisDirect) {
-            let (p, url) = start_redis(&dir).await?;
-            procs.push(p);
-            redis = Some(RedisProbe::connect(&url).await?);
-            redis_url = Some(url);
+            let server = start_redis().await?;
+            redis = Some(RedisProbe::connect(&server.url()).await?);
+            redis_server = Some(server);
         }
+        let redis_url = redis_server.as_ref().map(RedisServer::url);
         let (system, replicated, daemon_pid): (Arc<dyn LockSystem>, _, _) = match kind {
             SystemKind::RedisDirect => {
-                let url = redis_url.as_deref().expect("started above");
-                let system = RedisDirect::connect(url, opts.spin).await?;
-                (Arc::new(system), None, procs[0].pid())
+                let server = redis_server
+                    .as_ref()
+                    .context("redis-server was started above")?;
+                let system = RedisDirect::connect(&server.url(), opts.spin).await?;
+                (Arc::new(system), None, server.pid())
             }
             SystemKind::Etcd => {
                 let (p, endpoint) = start_etcd(&dir).await?;
@@ -75,7 +80,7 @@ impl Deployment {
                 (
                     Arc::new(Etcd::connect(&endpoint, opts.channels).await?),
                     None,
-                    pid,
+                    Some(pid),
                 )
             }
             SystemKind::LockdRedis | SystemKind::LockdDev => {
@@ -89,7 +94,7 @@ impl Deployment {
                 let mut pid = None;
                 for i in 0..replicas {
                     let (p, addr) = start_lockd(bin, redis_url.as_deref(), &dir, i).await?;
-                    pid = pid.or(p.pid());
+                    pid = pid.or(Some(p.pid()));
                     procs.push(p);
                     endpoints.push(addr);
                 }
@@ -104,6 +109,7 @@ impl Deployment {
             daemon_pid,
             redis,
             procs,
+            redis_server,
             _scratch: Some(scratch),
         })
     }
@@ -131,6 +137,7 @@ impl Deployment {
             daemon_pid,
             redis,
             procs: Vec::new(),
+            redis_server: None,
             _scratch: None,
         })
     }
@@ -147,6 +154,9 @@ impl Deployment {
     pub async fn stop(mut self) {
         while let Some(mut p) = self.procs.pop() {
             p.stop(Duration::from_secs(3)).await;
+        }
+        if let Some(mut server) = self.redis_server.take() {
+            server.kill();
         }
     }
 }
@@ -168,39 +178,24 @@ async fn connect_lockd(
     Ok((first, all))
 }
 
-/// redis-server with no persistence, on a free port. Returns it and its URL.
-async fn start_redis(dir: &Path) -> Result<(Proc, String)> {
-    let port = free_port()?;
-    let args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut p = Proc::spawn(
-        "redis-server",
-        Path::new(&program("redis-server")),
-        &args,
-        dir,
-    )?;
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str())?;
-    wait_ready(&mut p, Duration::from_secs(10), || async {
-        let mut c = client.get_multiplexed_async_connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
-        Ok(())
-    })
-    .await?;
-    Ok((p, url))
+/// redis-server with no persistence, on a free port, in a folder of its own.
+async fn start_redis() -> Result<RedisServer> {
+    // The testkit panics with the server's log when it does not come up;
+    // here that becomes an error of the run.
+    tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .map_err(|e| match e.try_into_panic() {
+            Ok(panic) => anyhow!("redis-server did not start: {}", panic_message(&panic)),
+            Err(e) => anyhow!("redis-server did not start: {e}"),
+        })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
 }
 
 /// A single-node etcd with its data under `dir`. Returns it and its client URL.
@@ -232,7 +227,7 @@ async fn start_etcd(dir: &Path) -> Result<(Proc, String)> {
         "--logger".into(),
         "zap".into(),
     ];
-    let mut p = Proc::spawn("etcd", Path::new(&program("etcd")), &args, dir)?;
+    let mut p = Proc::spawn("etcd", &program("etcd"), &args, dir)?;
     let url = client_url.clone();
     wait_ready(&mut p, Duration::from_secs(20), || {
         let url = url.clone();
@@ -299,24 +294,7 @@ async fn check_health(addr: &str) -> Result<()> {
     Ok(())
 }
 
-/// A program from `PATH`, or from /usr/sbin and /usr/bin where Debian puts it.
-fn program(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    name.to_string()
-}
-
-/// The workspace this crate was built in.
-pub fn workspace_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| here.join("../.."))
-}
+pub use lockd_testkit::workspace_root;
 
 /// The lockd binary: `flag` if given, else the workspace's release build, built
 /// with `cargo build --release -p lockd` if it is missing.
@@ -328,10 +306,7 @@ pub async fn lockd_binary(flag: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(p);
     }
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/lockd");
+    let bin = target_dir().join("release/lockd");
     if bin.is_file() {
         return Ok(bin);
     }

@@ -37,14 +37,11 @@
 //!   the wire messages with `Duration`s and `SystemTime`s.
 //! - [`error`]: [`Error`], one enum that keeps the gRPC status code.
 //! - [`pb`]: the generated messages and `LockServiceClient` stub.
-//! - `testing` (feature `test-util`): starts a `lockd --dev` daemon for tests.
 
 pub mod client;
 pub mod error;
 pub mod guard;
 pub mod lock;
-#[cfg(feature = "test-util")]
-pub mod testing;
 pub mod types;
 
 /// Generated lockd.v1 messages and the `LockServiceClient` stub.

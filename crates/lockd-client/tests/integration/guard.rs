@@ -2,14 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use lockd_client::testing::DevDaemon;
 use lockd_client::{Code, LostReason};
 
-use crate::eventually;
+use crate::{DaemonClient, dev_daemon, eventually};
 
 #[tokio::test]
 async fn guard_renews_in_the_background_and_releases() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/renew")
@@ -46,7 +45,7 @@ async fn guard_renews_in_the_background_and_releases() {
 
 #[tokio::test]
 async fn lost_fires_when_the_lease_is_released_behind_the_guards_back() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/stolen")
@@ -71,7 +70,7 @@ async fn lost_fires_when_the_lease_is_released_behind_the_guards_back() {
 
 #[tokio::test]
 async fn lost_fires_at_the_renewal_limit() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/limit")
@@ -90,7 +89,7 @@ async fn lost_fires_at_the_renewal_limit() {
 
 #[tokio::test]
 async fn lost_fires_when_the_daemon_stays_unreachable_until_expiry() {
-    let mut daemon = DevDaemon::start();
+    let mut daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/unreachable")
@@ -99,7 +98,7 @@ async fn lost_fires_when_the_daemon_stays_unreachable_until_expiry() {
         .await
         .expect("acquire");
     let granted = Instant::now();
-    daemon.stop();
+    daemon.kill();
 
     let reason = tokio::time::timeout(Duration::from_secs(6), guard.lost())
         .await
@@ -122,7 +121,7 @@ async fn lost_fires_when_the_daemon_stays_unreachable_until_expiry() {
 
 #[tokio::test]
 async fn dropping_the_guard_releases_the_lease() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/drop")
@@ -159,7 +158,7 @@ async fn dropping_the_guard_releases_the_lease() {
 
 #[tokio::test]
 async fn a_detached_lease_stays_held_without_renewals() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("guard/detach")
@@ -176,7 +175,7 @@ async fn a_detached_lease_stays_held_without_renewals() {
 
 #[tokio::test]
 async fn a_busy_lock_is_refused_with_deadline_exceeded() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let holder = client.lock("guard/busy").acquire().await.expect("acquire");
     let other = daemon.client().await;
@@ -207,7 +206,7 @@ async fn a_busy_lock_is_refused_with_deadline_exceeded() {
 
 #[tokio::test]
 async fn shared_locks_coexist_and_exclude_writers() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let (a, b, w) = (
         daemon.client().await,
         daemon.client().await,

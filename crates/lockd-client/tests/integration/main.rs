@@ -1,5 +1,5 @@
 //! Integration tests of lockd-client against a real `lockd --dev` daemon
-//! (see `lockd_client::testing` for how it is found and started).
+//! (see `lockd_testkit::lockd` for how it is found and started).
 //! One test binary, one module per area.
 
 mod guard;
@@ -8,6 +8,29 @@ mod rpc;
 
 use std::future::Future;
 use std::time::Duration;
+
+use lockd_client::Client;
+use lockd_testkit::{Lockd, unique};
+
+/// `lockd --dev` on a free port, killed on drop.
+pub fn dev_daemon() -> Lockd {
+    Lockd::start(&["--dev"])
+}
+
+/// Clients of a test daemon.
+pub trait DaemonClient {
+    /// A connected client with a fresh client_id.
+    fn client(&self) -> impl Future<Output = Client>;
+}
+
+impl DaemonClient for Lockd {
+    async fn client(&self) -> Client {
+        Client::connect(self.endpoint())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test daemon: {e}"))
+            .with_client_id(unique("test"))
+    }
+}
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lockd_client::testing::DevDaemon;
 use lockd_client::{Code, LockGuard, QueueEvent, QueueStream};
 
-use crate::eventually;
+use crate::{DaemonClient, dev_daemon, eventually};
 
 /// The next event, which must come within 5 s.
 async fn next(events: &mut QueueStream) -> QueueEvent {
@@ -36,7 +35,7 @@ fn granted(event: QueueEvent) -> LockGuard {
 
 #[tokio::test]
 async fn queue_reports_positions_then_grants_in_fifo_order() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let holder_client = daemon.client().await;
     let holder = holder_client
         .lock("q/fifo")
@@ -102,7 +101,7 @@ async fn queue_reports_positions_then_grants_in_fifo_order() {
 
 #[tokio::test]
 async fn an_uncontended_queue_is_granted_at_once() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("q/free")
@@ -118,7 +117,7 @@ async fn an_uncontended_queue_is_granted_at_once() {
 
 #[tokio::test]
 async fn dropping_the_stream_leaves_the_queue() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let holder = client.lock("q/leave").acquire().await.expect("holder");
     let waiter_client = daemon.client().await;
@@ -152,7 +151,7 @@ async fn dropping_the_stream_leaves_the_queue() {
 
 #[tokio::test]
 async fn a_queue_that_waits_too_long_fails_with_deadline_exceeded() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let holder = client.lock("q/timeout").acquire().await.expect("holder");
     let other = daemon.client().await;

@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use lockd_client::testing::DevDaemon;
 use lockd_client::{Client, Code, Error, Health, Mode};
 
-use crate::eventually;
+use crate::{DaemonClient, dev_daemon, eventually};
 
 #[tokio::test]
 async fn connect_accepts_both_address_forms() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     for addr in [daemon.endpoint(), format!("http://{}", daemon.endpoint())] {
         let client = Client::connect(&addr).await.expect("connect");
         assert_eq!(
@@ -32,7 +31,7 @@ async fn connecting_to_nothing_fails_as_unavailable() {
 
 #[tokio::test]
 async fn errors_keep_the_daemons_status_code() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let owner = daemon.client().await;
     let stranger = daemon.client().await;
     let guard = owner.lock("rpc/codes").acquire().await.expect("acquire");
@@ -66,7 +65,7 @@ async fn errors_keep_the_daemons_status_code() {
 
 #[tokio::test]
 async fn renew_moves_the_expiry_and_counts() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let guard = client
         .lock("rpc/renew")
@@ -88,7 +87,7 @@ async fn renew_moves_the_expiry_and_counts() {
 
 #[tokio::test]
 async fn list_held_stats_and_health() {
-    let daemon = DevDaemon::start();
+    let daemon = dev_daemon();
     let client = daemon.client().await;
     let a = client.lock("rpc/held/a").acquire().await.expect("a");
     let b = client
