@@ -10,10 +10,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # redis-server for the tests; protoc for etcd-client's build script (the
 # benchmark crate is part of the workspace).
-if ! command -v redis-server >/dev/null || ! command -v protoc >/dev/null; then
+if ! command -v redis-server >/dev/null || ! command -v protoc >/dev/null || ! command -v faketime >/dev/null; then
   echo "== installing redis-server and protobuf-compiler"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server protobuf-compiler >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server protobuf-compiler faketime >/dev/null
 fi
 echo "== installing what the examples need (Go, Java, Python gRPC)"
 as_root bash examples/install-deps.sh
