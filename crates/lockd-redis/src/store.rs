@@ -417,12 +417,9 @@ impl RedisStore {
         Ok(leases)
     }
 
-    /// Answers PING within the timeout.
+    /// Every lane answers PING within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        self.bounded(redis::cmd("PING").query_async::<Value>(&mut conn))
-            .await
-            .map(drop)
+        self.lanes.ping_all().await
     }
 
     /// Turns on the keyspace notifications lockd needs, keeping flags already set.
