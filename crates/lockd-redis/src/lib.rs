@@ -9,16 +9,19 @@
 //! - [`keys`]: key names and hash tags.
 //! - [`store`]: [`RedisStore`], the lock operations, statistics and lease index.
 //! - [`notify`]: keyspace notifications as wake-up hints.
+//! - [`flags`]: the notification flags lockd needs, and turning them on.
 //! - `reply`: parsing of script replies.
 //! - [`error`]: the store's error type, `StoreError`.
 
 pub mod conn;
 pub mod error;
+pub mod flags;
 pub mod keys;
 pub mod notify;
 mod reply;
 pub mod store;
 
 pub use error::StoreError;
+pub use flags::NOTIFY_FLAGS;
 pub use notify::{Notice, Notifier};
-pub use store::{NOTIFY_FLAGS, RedisOptions, RedisStore};
+pub use store::{RedisOptions, RedisStore};

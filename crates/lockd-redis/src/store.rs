@@ -90,10 +90,6 @@ pub struct RedisStore {
     connector: Connector,
 }
 
-/// Keyspace notification flags lockd needs: keyspace channel, generic, hash,
-/// zset, expired and evicted events.
-pub const NOTIFY_FLAGS: &str = "Kghzxe";
-
 impl RedisStore {
     /// Connects, failing if Redis cannot be reached within the timeout.
     pub async fn connect(options: &RedisOptions) -> Result<RedisStore, StoreError> {
@@ -422,46 +418,6 @@ impl RedisStore {
         self.lanes.ping_all().await
     }
 
-    /// Turns on the keyspace notifications lockd needs, keeping flags already set.
-    pub async fn enable_notifications(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let current = self
-            .bounded(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("notify-keyspace-events")
-                    .query_async::<Value>(&mut conn),
-            )
-            .await;
-        let current = match current {
-            Ok(value) => config_value(value)?,
-            Err(err) => {
-                return Err(StoreError::Notifications {
-                    flags: NOTIFY_FLAGS.to_owned(),
-                    reason: err.to_string(),
-                });
-            }
-        };
-        let missing = missing_flags(&current);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let wanted = format!("{current}{missing}");
-        self.bounded(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&wanted)
-                .query_async::<Value>(&mut conn),
-        )
-        .await
-        .map(drop)
-        .map_err(|err| StoreError::Notifications {
-            flags: NOTIFY_FLAGS.to_owned(),
-            reason: err.to_string(),
-        })
-    }
-
     /// Adds counter changes to the deployment-wide statistics.
     pub async fn add_stats(&self, delta: &StatsDelta) -> Result<(), StoreError> {
         let key = self.ns.stats();
@@ -561,32 +517,6 @@ fn unexpected(status: &str) -> LockError {
     LockError::Internal(format!("unexpected script status {status:?}"))
 }
 
-/// The value of a CONFIG GET reply, RESP2 (array) or RESP3 (map).
-fn config_value(value: Value) -> Result<String, StoreError> {
-    match value {
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .next()
-            .map(|(_, v)| text(&v))
-            .unwrap_or_else(|| Ok(String::new())),
-        other => {
-            let items = array(other)?;
-            items.get(1).map(text).unwrap_or_else(|| Ok(String::new()))
-        }
-    }
-}
-
-/// The flags of [`NOTIFY_FLAGS`] that `current` lacks; `A` stands for every type flag.
-fn missing_flags(current: &str) -> String {
-    NOTIFY_FLAGS
-        .chars()
-        .filter(|&f| {
-            let covered_by_all = f != 'K' && current.contains('A');
-            !current.contains(f) && !covered_by_all
-        })
-        .collect()
-}
-
 /// How long the index writer gathers changes before writing them.
 const INDEX_BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Most changes written in one pipeline.
@@ -672,18 +602,5 @@ async fn write_index(
         for done in waiting {
             let _ = done.send(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_flags_keep_what_is_set() {
-        assert_eq!(missing_flags(""), "Kghzxe");
-        assert_eq!(missing_flags("KEA"), "");
-        assert_eq!(missing_flags("AE"), "K");
-        assert_eq!(missing_flags("Kx"), "ghze");
     }
 }
