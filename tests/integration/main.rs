@@ -8,4 +8,5 @@ mod basics;
 mod failures;
 mod http;
 mod model;
+mod notifications;
 mod replicas;
