@@ -47,6 +47,7 @@ pub struct Metrics {
     waiters: Gauge,
     active_leases: Gauge,
     redis_up: Gauge,
+    notifications_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             waiters: Gauge::default(),
             active_leases: Gauge::default(),
             redis_up: Gauge::default(),
+            notifications_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,7 +133,14 @@ impl Metrics {
             "1 while the lock store answers, else 0",
             m.redis_up.clone(),
         );
+        registry.register(
+            "lockd_notifications_up",
+            "1 while Redis keyspace notifications are known to arrive, else 0 \
+             (waiters then wait for the periodic sync)",
+            m.notifications_up.clone(),
+        );
         m.redis_up.set(1);
+        m.notifications_up.set(1);
         Metrics { registry, ..m }
     }
 
@@ -186,6 +195,10 @@ impl Metrics {
 
     pub fn set_store_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    pub fn set_notifications_up(&self, up: bool) {
+        self.notifications_up.set(i64::from(up));
     }
 
     /// The text exposition, after setting the gauges that are read on demand.

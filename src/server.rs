@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockd_redis::flags::ConfigCheck;
 use lockd_redis::{Notice, RedisOptions, RedisStore};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -172,9 +173,20 @@ async fn open_store(
         max_ttl: config.max_ttl,
     })
     .await?;
-    redis.enable_notifications().await?;
-    let notifier = Arc::new(redis.notifier(notices).await?);
-    Ok((Store::Redis(redis), Some(notifier)))
+    let notifier = redis.notifier(notices).await?.probing();
+    // Without notifications every handoff between daemons waits for a
+    // periodic sync: refuse to start rather than be silently slow.
+    match notifier.ensure_events().await? {
+        ConfigCheck::Unavailable(reason) => tracing::info!(
+            %reason,
+            "CONFIG is refused; a probe showed keyspace notifications arrive (evicted events cannot be probed)"
+        ),
+        ConfigCheck::Added { added } => {
+            tracing::info!(%added, "turned on keyspace notification flags");
+        }
+        ConfigCheck::AlreadySet => {}
+    }
+    Ok((Store::Redis(redis), Some(Arc::new(notifier))))
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -221,7 +233,18 @@ async fn reap(waiters: Arc<Waiters>, store: Arc<Store>, stop: CancellationToken)
     }
 }
 
-/// NOT_SERVING while the store does not answer, SERVING again once it does.
+/// NOT_SERVING while any lane of the store does not answer, SERVING again
+/// once every lane does, so that no request after the flip runs into a
+/// connection that died with the old server. A dropped notification
+/// connection triggers a check at once: it is usually the first to know that
+/// Redis went away, and the sooner the lanes are pinged, the fewer requests
+/// meet a dead connection.
+///
+/// Keyspace notifications are checked again whenever they may have stopped
+/// (the subscription dropped, Redis restarted, the store was unreachable) and
+/// before going back to SERVING. Without them locks still work, only slower,
+/// through the periodic syncs: that is an alarm (`lockd_notifications_up` 0 and
+/// an error per failed attempt, retried with backoff), not NOT_SERVING.
 async fn watch_health(
     reporter: HealthReporter,
     store: Arc<Store>,
@@ -230,10 +253,18 @@ async fn watch_health(
     stop: CancellationToken,
 ) {
     let mut serving = true;
+    let mut events = EventsState::new();
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
+        let dropped = async {
+            match &notifier {
+                Some(notifier) => notifier.disconnected().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            _ = dropped => {}
             _ = stop.cancelled() => return,
         }
         let result = store.ping().await;
@@ -241,6 +272,12 @@ async fn watch_health(
             // Only a command makes a subscription connection that gave up try again.
             if let Err(err) = notifier.ping().await {
                 tracing::debug!(error = %err, "notification connection ping failed");
+            }
+            if result.is_ok() {
+                events.check(notifier, &metrics, !serving).await;
+            } else {
+                // Whatever happens to Redis meanwhile, look again once it is back.
+                events.due = true;
             }
         }
         metrics.set_store_up(result.is_ok());
@@ -257,5 +294,69 @@ async fn watch_health(
             }
             _ => {}
         }
+    }
+}
+
+/// Longest pause between attempts to restore keyspace notifications.
+const EVENTS_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Whether keyspace notifications work, and when to look again.
+struct EventsState {
+    /// They arrived at the last check.
+    up: bool,
+    /// Something happened that may have stopped them.
+    due: bool,
+    /// Pause before the next attempt while they are off, doubling each time.
+    backoff: Duration,
+    next_try: tokio::time::Instant,
+}
+
+impl EventsState {
+    fn new() -> EventsState {
+        EventsState {
+            up: true,
+            due: false,
+            backoff: HEALTH_INTERVAL,
+            next_try: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Checks the notifications if they may have stopped or are off and the
+    /// backoff has run out; `recovering` forces a check before SERVING.
+    async fn check(
+        &mut self,
+        notifier: &lockd_redis::Notifier,
+        metrics: &Metrics,
+        recovering: bool,
+    ) {
+        if let Some(reason) = notifier.changed().await {
+            tracing::info!(reason, "checking keyspace notifications again");
+            self.due = true;
+        }
+        let now = tokio::time::Instant::now();
+        if !(self.due || recovering || (!self.up && now >= self.next_try)) {
+            return;
+        }
+        self.due = false;
+        match notifier.ensure_events().await {
+            Ok(_) => {
+                if !self.up {
+                    tracing::info!("keyspace notifications restored");
+                }
+                self.up = true;
+                self.backoff = HEALTH_INTERVAL;
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = %err,
+                    retry_in = ?self.backoff,
+                    "keyspace notifications are off: waiters are woken only by the periodic sync"
+                );
+                self.up = false;
+                self.next_try = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(EVENTS_MAX_BACKOFF);
+            }
+        }
+        metrics.set_notifications_up(self.up);
     }
 }

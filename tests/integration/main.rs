@@ -10,5 +10,6 @@ mod failures;
 mod http;
 mod lock_ids;
 mod model;
+mod notifications;
 mod replicas;
 mod startup;

@@ -115,6 +115,28 @@ impl Lanes {
         self.conns[i].clone()
     }
 
+    /// Pings every lane at once and fails with the first error if any lane
+    /// does not answer.
+    ///
+    /// A lane learns that its connection died (a restarted Redis) only from a
+    /// command that fails on it; that failure starts its reconnect, and the
+    /// lane's next command waits for the new connection. Pinging every lane
+    /// lets those failures happen here rather than in a caller's request, so
+    /// that a lane nobody used during an outage is not the one a caller hits.
+    pub async fn ping_all(&self) -> Result<(), StoreError> {
+        let pings = self.conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            async move {
+                self.bounded(redis::cmd("PING").query_async::<redis::Value>(&mut conn))
+                    .await
+            }
+        });
+        for result in futures::future::join_all(pings).await {
+            result?;
+        }
+        Ok(())
+    }
+
     /// Runs `call` within the timeout; past it the outcome is unknown.
     pub async fn bounded<T>(
         &self,

@@ -26,6 +26,17 @@ pub enum StoreError {
          `CONFIG SET notify-keyspace-events {flags}` or in redis.conf)"
     )]
     Notifications { flags: String, reason: String },
+    #[error(
+        "redis keyspace notifications do not arrive: a probe write to {key} brought no events \
+         for the flags {unseen:?} within {within:?} (notify-keyspace-events must include \
+         {flags:?}; a proxy in between may also drop pub/sub)"
+    )]
+    NotificationsSilent {
+        flags: String,
+        unseen: String,
+        key: String,
+        within: std::time::Duration,
+    },
 }
 
 impl StoreError {

@@ -46,10 +46,13 @@ pub enum Kind {
     Due,
     /// Which daemon reaps now (kept in bucket 0).
     Reaper,
+    /// A daemon's probe of keyspace notifications (bucket 0), named by a
+    /// tail unique to that daemon.
+    Probe,
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Holders,
         Kind::Queue,
         Kind::Waiters,
@@ -61,6 +64,7 @@ impl Kind {
         Kind::Top,
         Kind::Due,
         Kind::Reaper,
+        Kind::Probe,
     ];
 
     fn letter(self) -> char {
@@ -76,6 +80,7 @@ impl Kind {
             Kind::Top => 't',
             Kind::Due => 'u',
             Kind::Reaper => 'r',
+            Kind::Probe => 'p',
         }
     }
 
@@ -183,6 +188,11 @@ impl Namespace {
     /// The claim of the daemon that reaps now.
     pub fn reaper(&self) -> String {
         self.key(0, Kind::Reaper, "")
+    }
+
+    /// The key a daemon writes to prove that keyspace notifications arrive.
+    pub fn probe(&self, tail: &str) -> String {
+        self.key(0, Kind::Probe, tail)
     }
 
     /// The keyspace notification channel of a key.

@@ -12,11 +12,13 @@
 //! - [`index`]: the per-client lease index behind ListHeld.
 //! - [`stats`]: deployment-wide statistics, summed over the buckets.
 //! - [`notify`]: keyspace notifications as wake-up hints.
+//! - [`flags`]: the notification flags lockd needs, and turning them on.
 //! - `reply`: parsing of script replies.
 //! - [`error`]: the store's error type, `StoreError`.
 
 pub mod conn;
 pub mod error;
+pub mod flags;
 pub mod index;
 pub mod keys;
 pub mod notify;
@@ -26,5 +28,6 @@ pub mod stats;
 pub mod store;
 
 pub use error::StoreError;
+pub use flags::NOTIFY_FLAGS;
 pub use notify::{Notice, Notifier};
-pub use store::{NOTIFY_FLAGS, RedisOptions, RedisStore};
+pub use store::{RedisOptions, RedisStore};

@@ -462,58 +462,15 @@ impl RedisStore {
         Ok(swept)
     }
 
-    /// Answers PING within the timeout.
+    /// Every lane answers PING within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        self.bounded(redis::cmd("PING").query_async::<Value>(&mut conn))
-            .await
-            .map(drop)
+        self.lanes.ping_all().await
     }
 
     /// The deployment-wide totals: every bucket's counters and top list.
     pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
         let mut conn = self.conn();
         crate::stats::read(&self.ns, &self.lanes, &mut conn).await
-    }
-
-    /// Turns on the keyspace notifications lockd needs, keeping flags already set.
-    pub async fn enable_notifications(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let current = self
-            .bounded(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("notify-keyspace-events")
-                    .query_async::<Value>(&mut conn),
-            )
-            .await;
-        let current = match current {
-            Ok(value) => config_value(value)?,
-            Err(err) => {
-                return Err(StoreError::Notifications {
-                    flags: NOTIFY_FLAGS.to_owned(),
-                    reason: err.to_string(),
-                });
-            }
-        };
-        let missing = missing_flags(&current);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let wanted = format!("{current}{missing}");
-        self.bounded(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&wanted)
-                .query_async::<Value>(&mut conn),
-        )
-        .await
-        .map(drop)
-        .map_err(|err| StoreError::Notifications {
-            flags: NOTIFY_FLAGS.to_owned(),
-            reason: err.to_string(),
-        })
     }
 
     /// The key layout, for tests and tools that look at Redis directly.
@@ -529,10 +486,6 @@ impl RedisStore {
         &self.scripts
     }
 }
-
-/// Keyspace notification flags lockd needs: keyspace channel, generic, hash,
-/// zset, expired and evicted events.
-pub const NOTIFY_FLAGS: &str = "Kghzxe";
 
 fn lease_reply(
     script: &'static str,
@@ -571,43 +524,4 @@ fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
 fn unexpected(script: &'static str, status: &str) -> LockError {
     tracing::error!(script, status, "unexpected script status");
     LockError::Internal(format!("script {script} answered {status:?}"))
-}
-
-/// The value of a CONFIG GET reply, RESP2 (array) or RESP3 (map).
-fn config_value(value: Value) -> Result<String, StoreError> {
-    match value {
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .next()
-            .map(|(_, v)| text(&v))
-            .unwrap_or_else(|| Ok(String::new())),
-        other => {
-            let items = array(other)?;
-            items.get(1).map(text).unwrap_or_else(|| Ok(String::new()))
-        }
-    }
-}
-
-/// The flags of [`NOTIFY_FLAGS`] that `current` lacks; `A` stands for every type flag.
-fn missing_flags(current: &str) -> String {
-    NOTIFY_FLAGS
-        .chars()
-        .filter(|&f| {
-            let covered_by_all = f != 'K' && current.contains('A');
-            !current.contains(f) && !covered_by_all
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_flags_keep_what_is_set() {
-        assert_eq!(missing_flags(""), "Kghzxe");
-        assert_eq!(missing_flags("KEA"), "");
-        assert_eq!(missing_flags("AE"), "K");
-        assert_eq!(missing_flags("Kx"), "ghze");
-    }
 }
