@@ -57,6 +57,7 @@ pub async fn run(
     let waiters = Arc::new(Waiters::new(
         Arc::clone(&store),
         config.waiter_liveness,
+        config.max_wait + Duration::from_millis(lockd_core::engine::WAIT_GRACE_MS) + config.max_ttl,
         config.max_queue,
         Arc::clone(&stats),
         watch,

@@ -8,12 +8,19 @@
 //!
 //! What this module assumes of the store, and guarantees in turn:
 //! - a grant reported in `my_grants` was taken out of the store's inbox, so
-//!   this daemon alone must hand it to its waiter or release it: a grant
-//!   for a waiter no longer here is released ([`Waiters::deliver`]);
-//! - a leave that fails is retried until it succeeds, so no entry or grant
-//!   of a request this daemon gave up on is left to lapse by itself; a leave
-//!   after an acquire whose reply never came cancels that acquire in the
-//!   store, should it arrive later;
+//!   this daemon alone must hand it to its waiter or release it. A waiter
+//!   leaves the local map only with its end result or through its ticket,
+//!   and a ticket dropped before its lease reached the client leaves the
+//!   store, which releases whatever was granted to it;
+//! - a leave that fails is retried (one attempt in flight at a time) until it
+//!   succeeds or every lease and wait it could concern has ended, so no entry
+//!   or grant of a request this daemon gave up on is left to lapse by itself;
+//! - until the store has answered an acquire, its outcome is unknown: a
+//!   leave then also cancels that acquire in the store, should it arrive
+//!   after the leave (a client that went away mid-call, a reply that timed
+//!   out). What stays open: a daemon killed between taking a grant over and
+//!   handing it to its client, or with leaves still owed, leaves those leases
+//!   to their TTL;
 //! - a resource this daemon could not sync for longer than its liveness has
 //!   lost its entries in the store, so its waiting calls end UNAVAILABLE
 //!   then, not at their own (possibly hour-long) deadline.
@@ -34,10 +41,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::stats::StatsRecorder;
 use crate::store::Store;
-
-/// How long a failed leave is retried. Past it every lease and wait it could
-/// concern has ended, and the store has cancelled nothing for longer.
-const LEAVE_RETRY_HORIZON: Duration = Duration::from_millis(lockd_core::engine::CANCEL_KEEP_MS);
 
 /// How many of this daemon's waiters on a resource an event-driven sync
 /// asks about: the ones at the front, whose positions matter most.
@@ -105,6 +108,15 @@ struct OwedLeave {
     secret: String,
 }
 
+/// How an owed leave stands.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    outcome_unknown: bool,
+    first_try: Instant,
+    /// An attempt is running: ticks do not start another.
+    in_flight: bool,
+}
+
 /// The waiters of this daemon and the machinery that wakes them.
 pub struct Waiters {
     store: Arc<Store>,
@@ -119,9 +131,11 @@ pub struct Waiters {
     stats: Arc<StatsRecorder>,
     /// Next arrival number.
     arrivals: std::sync::atomic::AtomicU64,
-    /// Leaves that failed, with whether the acquire's outcome was unknown and
-    /// when the first attempt was made; retried every tick until they succeed.
-    owed: Mutex<HashMap<OwedLeave, (bool, Instant)>>,
+    /// Leaves that failed; retried every tick until they succeed.
+    owed: Mutex<HashMap<OwedLeave, Owed>>,
+    /// How long a failed leave is retried: past it, every lease and wait it
+    /// could concern has ended.
+    leave_horizon: Duration,
     /// Background leaves and syncs, awaited at shutdown.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -155,9 +169,12 @@ pub enum Acquired {
 }
 
 impl Waiters {
+    /// `leave_horizon` is how long a failed leave is retried: at least the
+    /// longest wait plus the longest lease.
     pub fn new(
         store: Arc<Store>,
         liveness: Duration,
+        leave_horizon: Duration,
         max_queue: u64,
         stats: Arc<StatsRecorder>,
         watch: Option<mpsc::UnboundedSender<String>>,
@@ -173,6 +190,7 @@ impl Waiters {
             stats,
             arrivals: std::sync::atomic::AtomicU64::new(0),
             owed: Mutex::default(),
+            leave_horizon,
             tasks: TaskTracker::new(),
             shutdown,
         }
@@ -224,7 +242,9 @@ impl Waiters {
             waited_ms: spec.wait_ms,
             registered,
             delivered: false,
-            outcome_unknown: false,
+            // Until the store answers, the call may be dropped with the
+            // acquire still on its way to Redis.
+            outcome_unknown: true,
         };
         let (result, effects) = self
             .store
@@ -244,9 +264,11 @@ impl Waiters {
                 position,
                 queue_length,
             }) => {
+                ticket.outcome_unknown = false;
                 if let Some(r) = self.local().get_mut(&spec.resource) {
                     r.watched = true;
-                    r.synced_at.get_or_insert_with(Instant::now);
+                    // The script just proved this daemon alive there.
+                    r.synced_at = Some(Instant::now());
                     if let Some(w) = r.waiters.get_mut(&secret) {
                         w.queued = true;
                         w.position = Some(position);
@@ -264,6 +286,10 @@ impl Waiters {
             Err(err) => {
                 ticket.outcome_unknown =
                     matches!(err, LockError::Unavailable(_) | LockError::Internal(_));
+                if !ticket.outcome_unknown {
+                    // A definite refusal (the queue is full): nothing to undo.
+                    ticket.delivered();
+                }
                 Err(err)
             }
         }
@@ -404,7 +430,14 @@ impl Waiters {
         let mut lost = Vec::new();
         for (resource, r) in self.local().iter() {
             if r.synced_at.is_some_and(|at| at.elapsed() > liveness) {
-                lost.extend(r.waiters.keys().map(|s| (resource.clone(), s.clone())));
+                // Only queued waiters had entries to lose; an acquire still
+                // in flight answers for itself.
+                lost.extend(
+                    r.waiters
+                        .iter()
+                        .filter(|(_, w)| w.queued)
+                        .map(|(s, _)| (resource.clone(), s.clone())),
+                );
             }
         }
         for (resource, secret) in lost {
@@ -562,20 +595,26 @@ impl Waiters {
                 true
             }
             Err(err) => {
-                if first_try.elapsed() > LEAVE_RETRY_HORIZON {
-                    tracing::error!(resource = %owed.resource, error = %err, "giving up on a leave after retrying for an hour");
+                if first_try.elapsed() > self.leave_horizon {
+                    tracing::error!(resource = %owed.resource, error = %err, "giving up on a leave: every lease it could concern has ended");
                     self.owed_leaves().remove(&owed);
                 } else {
                     tracing::warn!(resource = %owed.resource, error = %err, "leaving the queue failed; retrying");
-                    self.owed_leaves()
-                        .insert(owed, (outcome_unknown, first_try));
+                    self.owed_leaves().insert(
+                        owed,
+                        Owed {
+                            outcome_unknown,
+                            first_try,
+                            in_flight: false,
+                        },
+                    );
                 }
                 false
             }
         }
     }
 
-    fn owed_leaves(&self) -> MutexGuard<'_, HashMap<OwedLeave, (bool, Instant)>> {
+    fn owed_leaves(&self) -> MutexGuard<'_, HashMap<OwedLeave, Owed>> {
         self.owed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -584,18 +623,27 @@ impl Waiters {
         self.owed_leaves().len()
     }
 
-    /// Tries every owed leave once more.
+    /// Tries every owed leave that is not being tried already once more.
     fn retry_leaves(self: &Arc<Self>) {
-        let owed: Vec<(OwedLeave, (bool, Instant))> = self
+        let due: Vec<(OwedLeave, Owed)> = self
             .owed_leaves()
-            .iter()
-            .map(|(o, v)| (o.clone(), *v))
+            .iter_mut()
+            .filter(|(_, o)| !o.in_flight)
+            .map(|(leave, o)| {
+                o.in_flight = true;
+                (leave.clone(), *o)
+            })
             .collect();
-        for (leave, (outcome_unknown, first_try)) in owed {
+        for (leave, owed) in due {
             let this = Arc::clone(self);
             self.tasks.spawn(async move {
-                this.leave_now(leave.resource, leave.secret, outcome_unknown, first_try)
-                    .await;
+                this.leave_now(
+                    leave.resource,
+                    leave.secret,
+                    owed.outcome_unknown,
+                    owed.first_try,
+                )
+                .await;
             });
         }
     }

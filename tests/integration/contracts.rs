@@ -397,3 +397,99 @@ async fn tokens_rise_when_redis_comes_back_with_its_clock_an_hour_behind() {
         "token {after} after {before} once the clock stepped back an hour"
     );
 }
+
+/// What `lockd::server::run` answers for these flags, if it refuses to serve.
+async fn refusal(args: &[&str]) -> String {
+    let config =
+        <lockd::config::Config as clap::Parser>::try_parse_from(["lockd"].iter().chain(args))
+            .expect("flags parse");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        lockd::server::run(listener, config, std::future::pending()),
+    )
+    .await
+    .expect("the daemon served instead of refusing");
+    served.expect_err("refused").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_with_keys_of_the_previous_layout_is_refused() {
+    let server = RedisServer::start();
+    let prefix = unique("old");
+    let mut conn = server.connection();
+    // What the layout before buckets wrote as soon as it counted anything.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:{{stats}}"))
+        .arg("g:exclusive")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let url = server.url();
+    let message = refusal(&["--redis-url", &url, "--key-prefix", &prefix]).await;
+    assert!(message.contains("earlier lockd key layout"), "{message}");
+    assert!(message.contains(&format!("{prefix}:*")), "{message}");
+    // Another prefix on the same Redis starts, and marks its layout.
+    let fresh = unique("new");
+    let daemon = Daemon::start(&["--redis-url", &url, "--key-prefix", &fresh]).await;
+    let marker: String = redis::cmd("GET")
+        .arg(Namespace::new(&fresh, 0).layout())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(marker, lockd_redis::keys::LAYOUT_VERSION);
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_evicts_any_key_is_refused() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let url = server.url();
+    let message = refusal(&["--redis-url", &url]).await;
+    assert!(message.contains("allkeys-lru"), "{message}");
+    assert!(message.contains("noeviction"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_of_shared_waiters_is_granted_in_bounded_steps() {
+    let server = RedisServer::start();
+    let store = store(&server, &unique("run")).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    let writer = secret();
+    let (held, _) = store
+        .acquire(&exclusive("r", "w", 0), &writer, &me, 0)
+        .await;
+    assert!(matches!(held, Ok(AcquireOutcome::Granted(_))));
+    let shared = |i: usize| AcquireSpec {
+        mode: LockMode::Shared,
+        ..exclusive("r", &format!("s{i}"), 60_000)
+    };
+    for i in 0..2_500 {
+        let (queued, _) = store.acquire(&shared(i), &secret(), &me, 0).await;
+        assert!(matches!(queued, Ok(AcquireOutcome::Queued { .. })));
+    }
+    let lock = lockd_core::LockId::new(writer.as_str(), "r");
+    let (released, effects) = store.release(&lock, "w", &me).await;
+    released.unwrap();
+    assert_eq!(
+        effects.my_grants.len(),
+        lockd_core::engine::GRANT_LIMIT,
+        "one script grants a bounded run"
+    );
+    // The rest are due at once, and the reaper grants them.
+    let mut granted = effects.my_grants.len();
+    for _ in 0..10 {
+        for (_, effects) in store.reap(&me).await.unwrap() {
+            granted += effects.my_grants.len();
+        }
+        if granted == 2_500 {
+            break;
+        }
+    }
+    assert_eq!(granted, 2_500);
+    let totals = store.read_stats().await.unwrap();
+    assert_eq!(totals.waiting, 0);
+    assert_eq!(totals.active_by_mode[LockMode::Shared.index()], 2_500);
+}

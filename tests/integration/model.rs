@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lockd_core::engine::WAIT_GRACE_MS;
 use lockd_core::{
     AcquireOutcome, AcquireSpec, Caller, Effects, Engine, Event, HoldEnd, Lease, LeaveOutcome,
-    LockError, LockId, LockMode, Now, Outcome, QueueView, SyncOutcome, WaiterState,
+    LockError, LockId, LockMode, Now, Outcome, QueueView, StatsDelta, SyncOutcome, WaiterState,
 };
 use lockd_redis::{RedisOptions, RedisStore};
 use proptest::prelude::*;
@@ -485,6 +485,9 @@ struct Case {
     known: Vec<Known>,
     sides: [Side; 2],
     step: usize,
+    /// Every event the engine reported, as counters: what the Redis
+    /// scripts must have counted into their buckets.
+    engine_totals: StatsDelta,
 }
 
 impl Case {
@@ -707,6 +710,7 @@ impl Case {
         both: &Both<T>,
     ) -> Result<(), TestCaseError> {
         let [(_, engine), (_, redis)] = both;
+        self.engine_totals.record("", &engine.events);
         prop_assert_eq!(event_views(engine), event_views(redis), "events of {}", ctx);
         prop_assert_eq!(grant_views(engine), grant_views(redis), "grants of {}", ctx);
         prop_assert_eq!(
@@ -852,6 +856,19 @@ impl Case {
             token_order(redis, engine),
             "leases by fencing token, per resource"
         );
+        // The scripts count in the same step as they change state: their
+        // counters must equal the sum of the events, hold times aside.
+        let counted = self.twin.redis.read_stats().await.expect("redis stats");
+        let expected = &self.engine_totals;
+        prop_assert_eq!(counted.grants_by_mode, expected.grants_by_mode, "grants");
+        prop_assert_eq!(counted.active_by_mode, expected.active_by_mode, "active");
+        prop_assert_eq!(
+            (counted.released, counted.expired, counted.abandoned),
+            (expected.released, expected.expired, expected.abandoned),
+            "ended holds"
+        );
+        prop_assert_eq!(counted.holds_ended, expected.holds_ended, "ended holds");
+        prop_assert_eq!(counted.waiting, expected.waiting, "waiting");
         Ok(())
     }
 }
@@ -885,6 +902,7 @@ async fn run_case(server: &RedisServer, ops: Vec<Op>) -> Result<(), TestCaseErro
         known: Vec::new(),
         sides: Default::default(),
         step: 0,
+        engine_totals: StatsDelta::default(),
     };
     for op in &ops {
         case.run(op).await?;

@@ -30,6 +30,10 @@ pub const CANCEL_KEEP_MS: u64 = 3_600_000;
 /// sweep, so that no single operation's work grows with the queue.
 pub const PURGE_LIMIT: usize = 100;
 
+/// Most waiters one operation grants (a long run of shared waiters); the
+/// rest are granted by the next sweep, which is due at once.
+pub const GRANT_LIMIT: usize = 1_000;
+
 /// The store's clock as one operation sees it: frozen for the whole operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -108,6 +112,11 @@ struct Resource {
     inbox: BTreeMap<String, String>,
     /// The sweep time last put in [`Engine::due`] for this resource.
     due_at: Option<u64>,
+    /// Work promote did in the current operation, across its calls, and
+    /// whether it stopped at a limit with more to do.
+    purged: usize,
+    promoted: usize,
+    promote_pending: bool,
 }
 
 /// Lock state of every resource, in memory.
@@ -268,11 +277,10 @@ impl Resource {
     }
 
     /// Grants the head of the queue for as long as it is compatible with the
-    /// holders, dropping dead entries on the way (at most [`PURGE_LIMIT`]).
-    /// Grants go to the inbox of the waiter's daemon. Returns whether dead
-    /// entries were left for a later sweep.
-    fn promote(&mut self, shared: &mut Shared<'_>, now: Now, effects: &mut Effects) -> bool {
-        let mut purged = 0;
+    /// holders, dropping dead entries on the way: at most [`PURGE_LIMIT`]
+    /// drops and [`GRANT_LIMIT`] grants per operation. Grants go to the inbox
+    /// of the waiter's daemon.
+    fn promote(&mut self, shared: &mut Shared<'_>, now: Now, effects: &mut Effects) {
         while let Some((_, secret)) = self.queue.first_key_value() {
             let secret = secret.clone();
             let Some(w) = self.waiters.get(&secret).cloned() else {
@@ -280,23 +288,28 @@ impl Resource {
                 continue;
             };
             if !self.counted(&w) || w.deadline_ms <= now.ms {
-                if purged >= PURGE_LIMIT {
-                    return true;
+                if self.purged >= PURGE_LIMIT {
+                    self.promote_pending = true;
+                    return;
                 }
-                purged += 1;
+                self.purged += 1;
                 self.remove_entry(&secret, effects);
                 continue;
             }
             if !self.admits(w.mode) {
                 break;
             }
+            if self.promoted >= GRANT_LIMIT {
+                self.promote_pending = true;
+                return;
+            }
+            self.promoted += 1;
             self.remove_entry(&secret, effects);
             let holder = self.grant(shared, now, w.mode, w.ttl_ms, w.max_renewals, w.client_id);
             self.holders.insert(secret.clone(), holder);
             self.inbox.insert(secret, w.daemon_id);
             effects.events.push(Event::Granted(w.mode));
         }
-        false
     }
 
     /// Hands the caller its grants and reports when waiters should look again.
@@ -335,8 +348,8 @@ impl Resource {
 
     /// When this resource next changes by itself: a lease ends or a daemon's
     /// liveness lapses; `now` when dead entries are left to purge.
-    fn next_due(&self, now: Now, purge_pending: bool) -> Option<u64> {
-        if purge_pending {
+    fn next_due(&self, now: Now) -> Option<u64> {
+        if self.promote_pending {
             return Some(now.ms);
         }
         let leases = self.holders.values().map(|h| h.expires_ms);
@@ -369,13 +382,16 @@ impl Engine {
         let mut shared = Shared {
             floor: &mut self.floor,
         };
+        state.purged = 0;
+        state.promoted = 0;
+        state.promote_pending = false;
         state.sweep(now, &mut effects);
         let result = op(state, &mut shared, &mut effects);
-        let purge_pending = state.promote(&mut shared, now, &mut effects);
+        state.promote(&mut shared, now, &mut effects);
         state.finish(now, resource, caller, &mut effects);
         if state.is_idle() {
             self.resources.remove(resource);
-        } else if let Some(due) = state.next_due(now, purge_pending)
+        } else if let Some(due) = state.next_due(now)
             && state.due_at.is_none_or(|at| due != at)
         {
             state.due_at = Some(due);

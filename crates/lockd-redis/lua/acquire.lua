@@ -6,10 +6,14 @@ local wait, me, liveness, max_queue = tonumber(ARGV[A + 5]), ARGV[A + 6], tonumb
   tonumber(ARGV[A + 8])
 
 sweep()
--- The daemon gave up on this request (its reply timed out) and its leave ran
--- first: the request must not take effect now.
-if redis.call('HDEL', K, secret) == 1 then
-  return finish(me, 'cancelled')
+-- The daemon gave up on this request before its reply came, and its leave
+-- ran first: the request must not take effect now.
+local cancelled_at = redis.call('ZSCORE', K, secret)
+if cancelled_at then
+  redis.call('ZREM', K, secret)
+  if tonumber(cancelled_at) > now - CANCEL_KEEP_MS then
+    return finish(me, 'cancelled')
+  end
 end
 promote()
 -- Granted at once only when nobody is queued ahead: no barging.

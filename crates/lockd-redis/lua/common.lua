@@ -13,13 +13,14 @@
 --        x:<id> entries with a sequence up to this were its before it was found dead;
 --        s: the last arrival sequence handed out (D lives while the queue does).
 --   G  inbox: secret -> daemon id, grants not yet taken over by that daemon
---   K  cancelled: secrets whose leave ran before their acquire (outcome unknown)
+--   K  cancelled: zset of secrets whose leave ran before their acquire (outcome
+--      unknown), scored by when; honoured for CANCEL_KEEP_MS
 --   S  the bucket's statistics counters and fencing-token floor (field f)
 --   T  the bucket's grants per resource
 --   U  the bucket's due index: resource -> when it next needs a sweep (ms)
 -- ARGV (shared head, from crates/lockd-redis/src/scripts.rs):
---   resource, wait_grace_ms, cancel_keep_ms, purge_limit, shared mode codes,
---   top_keep; each script's own arguments start at ARGV[7].
+--   resource, wait_grace_ms, cancel_keep_ms, purge_limit, grant_limit,
+--   shared mode codes, top_keep; each script's own arguments start at ARGV[8].
 --
 -- Nothing here relies on a key expiring: the due index brings every resource
 -- back to a sweep when its next lease ends or a daemon's liveness lapses, so
@@ -30,12 +31,13 @@ local RESOURCE = ARGV[1]
 local WAIT_GRACE_MS = tonumber(ARGV[2])
 local CANCEL_KEEP_MS = tonumber(ARGV[3])
 local PURGE_LIMIT = tonumber(ARGV[4])
+local GRANT_LIMIT = tonumber(ARGV[5])
 local SHARED = {}
-for code in string.gmatch(ARGV[5], '%d+') do
+for code in string.gmatch(ARGV[6], '%d+') do
   SHARED[tonumber(code)] = true
 end
-local TOP_KEEP = tonumber(ARGV[6])
-local A = 7
+local TOP_KEEP = tonumber(ARGV[7])
+local A = 8
 
 -- Time comes from the Redis server and is frozen for the whole script.
 local clock = redis.call('TIME')
@@ -85,12 +87,18 @@ end
 
 -- Load the holders once; every rule below works on this table and mirrors
 -- each change into H.
-local holders, nholders = {}, 0
+-- `nexclusive` counts the holders outside the shared class, so that
+-- admitting a request is O(1) however many share the resource.
+local holders, nholders, nexclusive = {}, 0, 0
 do
   local flat = redis.call('HGETALL', H)
   for i = 1, #flat, 2 do
-    holders[flat[i]] = parse_holder(flat[i + 1])
+    local h = parse_holder(flat[i + 1])
+    holders[flat[i]] = h
     nholders = nholders + 1
+    if not SHARED[h.mode] then
+      nexclusive = nexclusive + 1
+    end
   end
 end
 
@@ -206,6 +214,9 @@ local function end_hold(secret, how, held_ms)
   local h = holders[secret]
   holders[secret] = nil
   nholders = nholders - 1
+  if not SHARED[h.mode] then
+    nexclusive = nexclusive - 1
+  end
   redis.call('HDEL', H, secret)
   if inbox[secret] then
     inbox[secret] = nil
@@ -232,6 +243,9 @@ end
 local function put_holder(secret, h)
   if not holders[secret] then
     nholders = nholders + 1
+    if not SHARED[h.mode] then
+      nexclusive = nexclusive + 1
+    end
   end
   holders[secret] = h
   h.rec = nil
@@ -266,12 +280,7 @@ local function admits(mode)
   if not SHARED[mode] then
     return nholders == 0
   end
-  for _, h in pairs(holders) do
-    if not SHARED[h.mode] then
-      return false
-    end
-  end
-  return true
+  return nexclusive == 0
 end
 
 -- Ends expired leases; settles daemons whose liveness lapsed (their entries
@@ -309,14 +318,14 @@ local function sweep()
   end
 end
 
--- Set when promote stopped at its purge limit: the rest waits for the next sweep.
-local purge_pending = false
+-- Work promote did in this script, across its calls, and whether it stopped
+-- at a limit with more to do: then the resource is due again at once.
+local purged, promoted, promote_pending = 0, 0, false
 
 -- Grants the head of the queue while it is compatible with the holders,
--- dropping dead entries on the way (at most PURGE_LIMIT per script); grants
--- go to the waiter's daemon's inbox.
+-- dropping dead entries on the way; at most PURGE_LIMIT drops and
+-- GRANT_LIMIT grants per script. Grants go to the waiter's daemon's inbox.
 local function promote()
-  local purged = 0
   while qlen > 0 do
     local top = redis.call('ZRANGE', Q, 0, 0, 'WITHSCORES')
     local head, seq = top[1], tonumber(top[2] or '0')
@@ -328,14 +337,18 @@ local function promote()
     local w = raw and parse_waiter(raw)
     if not w or not counted(w, seq) or w.deadline <= now then
       if purged >= PURGE_LIMIT then
-        purge_pending = true
+        promote_pending = true
         break
       end
       purged = purged + 1
       remove_entry(head, w, seq)
     elseif not admits(w.mode) then
       break
+    elseif promoted >= GRANT_LIMIT then
+      promote_pending = true
+      break
     else
+      promoted = promoted + 1
       remove_entry(head, w, seq)
       grant(head, w.mode, w.ttl, w.maxr, w.client)
       inbox[head] = w.daemon
@@ -384,7 +397,7 @@ local function finish(me, status, payload)
       end
     end
   end
-  if purge_pending then
+  if promote_pending then
     due = now
   end
   if due ~= nil then

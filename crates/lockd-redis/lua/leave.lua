@@ -17,7 +17,11 @@ if h then
   return finish(me, 'released')
 end
 if unknown == '1' then
-  redis.call('HSET', K, secret, now)
+  -- Cancellations older than CANCEL_KEEP_MS no longer count; trimming them
+  -- here keeps K to the cancellations of the last CANCEL_KEEP_MS, and the
+  -- key's own expiry only frees memory once none is left.
+  redis.call('ZREMRANGEBYSCORE', K, '-inf', now - CANCEL_KEEP_MS)
+  redis.call('ZADD', K, now, secret)
   redis.call('PEXPIRE', K, CANCEL_KEEP_MS)
 end
 return finish(me, 'none')

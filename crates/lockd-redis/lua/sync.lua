@@ -8,17 +8,26 @@ local me, liveness = ARGV[A], tonumber(ARGV[A + 1])
 sweep()
 set_daemon_alive(me, liveness)
 promote()
+-- Every secret is the caller's own waiter, so only its tomb decides whether
+-- an entry still counts; with no tomb, a rank alone answers.
+local tomb = daemon(me).x
 local states = {}
 for i = A + 2, #ARGV do
   local secret = ARGV[i]
-  local seq = redis.call('ZSCORE', Q, secret)
-  local raw = seq and redis.call('HGET', W, secret)
-  local w = raw and parse_waiter(raw)
-  if w and counted(w, tonumber(seq)) then
-    states[#states + 1] = redis.call('ZRANK', Q, secret)
-  elseif seq then
-    remove_entry(secret, w, tonumber(seq))
-    states[#states + 1] = -2
+  local rank = redis.call('ZRANK', Q, secret)
+  if rank and tomb > 0 then
+    local seq = tonumber(redis.call('ZSCORE', Q, secret))
+    if seq <= tomb then
+      local raw = redis.call('HGET', W, secret)
+      remove_entry(secret, raw and parse_waiter(raw), seq)
+      rank = nil
+      states[#states + 1] = -2
+    end
+  end
+  if rank then
+    states[#states + 1] = rank
+  elseif redis.call('ZSCORE', Q, secret) then
+    -- removed just above as an entry from before this daemon's death
   elseif holders[secret] then
     states[#states + 1] = -1
   else

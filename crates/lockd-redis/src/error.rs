@@ -20,6 +20,20 @@ pub enum StoreError {
     },
     #[error("unexpected reply from a lockd script: {0}")]
     Reply(String),
+    /// Lock state of an earlier lockd key layout is in this Redis: serving
+    /// beside it could grant a lease that an old key still holds.
+    #[error(
+        "redis holds lock state of an earlier lockd key layout under this prefix \
+         (found {key}); stop every lockd using it, let its leases end (--max-ttl) or \
+         delete the keys matching '{pattern}', then start again, or use another --key-prefix"
+    )]
+    PreviousLayout { key: String, pattern: String },
+    /// Redis may evict keys, and an evicted lease or queue is a lost lock.
+    #[error(
+        "redis maxmemory-policy is {policy}, which evicts lock state; set it to \
+         noeviction (or a volatile-* policy) for lockd"
+    )]
+    Evicting { policy: String },
     #[error(
         "redis keyspace notifications are off and lockd cannot turn them on ({reason}); \
          set notify-keyspace-events to include the flags {flags:?} (for example \
@@ -40,43 +54,34 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The error of running `script`: outages stay [`StoreError::Redis`],
-    /// errors the script itself raised become [`StoreError::Script`].
+    /// The error of running `script`: a failure of the script itself (a Lua
+    /// runtime error, a key of the wrong type) becomes [`StoreError::Script`];
+    /// everything else, whatever Redis' reason for not serving (down,
+    /// loading, read-only, out of memory, misconfigured, a rotated
+    /// password), stays [`StoreError::Redis`], which clients may retry.
     pub fn from_script(script: &'static str, err: redis::RedisError) -> StoreError {
-        if is_outage(&err) {
-            StoreError::Redis(err)
-        } else {
+        if is_script_failure(&err) {
             StoreError::Script {
                 script,
                 source: err,
             }
+        } else {
+            StoreError::Redis(err)
         }
     }
 }
 
-/// Whether an error says Redis cannot serve now (retrying later may work),
-/// rather than that the command itself is wrong.
-fn is_outage(err: &redis::RedisError) -> bool {
-    if err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-    {
-        return true;
-    }
+/// Whether an error says the script itself went wrong: Redis reports a Lua
+/// runtime error as `ERR user_script:<line>: …` (or `ERR Error running
+/// script …`), and a command the script called on a key of the wrong type as
+/// `WRONGTYPE`.
+fn is_script_failure(err: &redis::RedisError) -> bool {
     match err.kind() {
-        ErrorKind::Server(kind) => matches!(
-            kind,
-            ServerErrorKind::BusyLoading
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::ReadOnly
-                | ServerErrorKind::Moved
-                | ServerErrorKind::Ask
-        ),
-        ErrorKind::Extension => matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS")),
-        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            err.detail().is_some_and(|detail| detail.contains("script"))
+        }
+        ErrorKind::Extension => err.code() == Some("WRONGTYPE"),
+        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => true,
         _ => false,
     }
 }

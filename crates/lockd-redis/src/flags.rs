@@ -85,7 +85,7 @@ fn refused(err: &RedisError) -> bool {
 }
 
 /// The value of a CONFIG GET reply, RESP2 (array) or RESP3 (map).
-fn config_value(value: Value) -> Result<String, StoreError> {
+pub(crate) fn config_value(value: Value) -> Result<String, StoreError> {
     match value {
         Value::Map(pairs) => pairs
             .into_iter()

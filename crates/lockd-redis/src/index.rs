@@ -19,13 +19,17 @@ use crate::store::RedisStore;
 pub struct LeaseIndex {
     ns: Namespace,
     max_ttl_ms: u64,
+    /// Added to every bound: the lock script reads Redis' clock a little
+    /// after the index script, up to a timeout later on a slow path.
+    margin_ms: u64,
 }
 
 impl LeaseIndex {
-    pub fn new(ns: Namespace, max_ttl: Duration) -> LeaseIndex {
+    pub fn new(ns: Namespace, max_ttl: Duration, timeout: Duration) -> LeaseIndex {
         LeaseIndex {
             ns,
             max_ttl_ms: max_ttl.as_millis() as u64,
+            margin_ms: 2 * timeout.as_millis() as u64,
         }
     }
 
@@ -53,7 +57,7 @@ impl LeaseIndex {
         invocation
             .key(self.key(client_id))
             .arg(lock_id)
-            .arg(bound_ms);
+            .arg(bound_ms + self.margin_ms);
         match store
             .lanes()
             .bounded(invocation.invoke_async::<()>(&mut conn))

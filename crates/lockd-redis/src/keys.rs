@@ -49,10 +49,12 @@ pub enum Kind {
     /// A daemon's probe of keyspace notifications (bucket 0), named by a
     /// tail unique to that daemon.
     Probe,
+    /// The layout version of this prefix's keys (bucket 0).
+    Layout,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::Holders,
         Kind::Queue,
         Kind::Waiters,
@@ -65,6 +67,7 @@ impl Kind {
         Kind::Due,
         Kind::Reaper,
         Kind::Probe,
+        Kind::Layout,
     ];
 
     fn letter(self) -> char {
@@ -81,12 +84,16 @@ impl Kind {
             Kind::Due => 'u',
             Kind::Reaper => 'r',
             Kind::Probe => 'p',
+            Kind::Layout => 'v',
         }
     }
 
     /// Whether keys of this kind carry a name after the letter.
     fn named(self) -> bool {
-        !matches!(self, Kind::Stats | Kind::Top | Kind::Due | Kind::Reaper)
+        !matches!(
+            self,
+            Kind::Stats | Kind::Top | Kind::Due | Kind::Reaper | Kind::Layout
+        )
     }
 }
 
@@ -122,11 +129,16 @@ impl ResourceKeys {
     }
 }
 
+/// The version of this layout, kept in each prefix's [`Namespace::layout`] key.
+pub const LAYOUT_VERSION: &str = "2";
+
 /// Names keys under one prefix, so that several deployments can share a Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     /// The encoded prefix followed by `:`.
     head: String,
+    /// The prefix as given, to find keys of the layout before this one.
+    raw: String,
     db: i64,
 }
 
@@ -134,7 +146,11 @@ impl Namespace {
     pub fn new(prefix: &str, db: i64) -> Namespace {
         let mut head = encode_prefix(prefix);
         head.push(':');
-        Namespace { head, db }
+        Namespace {
+            head,
+            raw: prefix.to_owned(),
+            db,
+        }
     }
 
     fn key(&self, bucket: u16, kind: Kind, name: &str) -> String {
@@ -188,6 +204,17 @@ impl Namespace {
     /// The claim of the daemon that reaps now.
     pub fn reaper(&self) -> String {
         self.key(0, Kind::Reaper, "")
+    }
+
+    /// The layout version marker of this prefix.
+    pub fn layout(&self) -> String {
+        self.key(0, Kind::Layout, "")
+    }
+
+    /// The statistics key of the layout before buckets (`<prefix>:{stats}`):
+    /// it exists wherever that layout ever served a lock.
+    pub fn previous_layout_stats(&self) -> String {
+        format!("{}:{{stats}}", self.raw)
     }
 
     /// The key a daemon writes to prove that keyspace notifications arrive.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use lockd_core::{
     AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LeaveOutcome, LockError, LockId, Outcome,
     QueueView, StatsDelta, SyncOutcome, WaiterState,
@@ -43,6 +44,8 @@ const QUEUE_VIEW_LIMIT: usize = 1_000;
 const QUEUE_VIEW_SCAN: usize = 4 * QUEUE_VIEW_LIMIT;
 /// Most resources of one bucket one reaper pass sweeps.
 const REAP_PER_BUCKET: usize = 64;
+/// Most sweeps the reaper runs at once.
+const REAP_CONCURRENCY: usize = 16;
 /// How long a daemon keeps the reaper's turn without renewing it; a dead
 /// reaper's turn passes to another daemon after this.
 const REAPER_CLAIM_MS: u64 = 3_000;
@@ -63,12 +66,14 @@ impl RedisStore {
         let connector = Connector::new(&options.url, options.timeout)?;
         let lanes = connector.lanes(options.connections).await?;
         let ns = Namespace::new(&options.key_prefix, connector.db());
+        check_layout(&ns, &lanes).await?;
+        check_eviction(&lanes).await?;
         Ok(RedisStore {
             lanes,
             scripts: Scripts::new(),
             index: options
                 .list_held_index
-                .then(|| LeaseIndex::new(ns.clone(), options.max_ttl)),
+                .then(|| LeaseIndex::new(ns.clone(), options.max_ttl, options.timeout)),
             ns,
             connector,
         })
@@ -442,16 +447,21 @@ impl RedisStore {
         }
         let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut self.conn())).await?;
         let due = found.into_iter().flatten();
-        let sweeps = due.into_iter().map(|resource| async move {
+        // A few at a time: a backlog of due resources must not crowd out the
+        // syncs that keep this daemon's own waiters alive.
+        let sweeps = futures::stream::iter(due.map(|resource| async move {
             let reply = self
                 .call(&self.scripts.sweep, &resource, |inv| {
                     inv.arg(caller.daemon_id);
                 })
                 .await;
             (resource, reply)
-        });
+        }))
+        .buffer_unordered(REAP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
         let mut swept = Vec::new();
-        for (resource, reply) in futures::future::join_all(sweeps).await {
+        for (resource, reply) in sweeps {
             match reply {
                 Ok(reply) => swept.push((resource, reply.effects)),
                 Err(err) => {
@@ -485,6 +495,64 @@ impl RedisStore {
     pub(crate) fn scripts(&self) -> &Scripts {
         &self.scripts
     }
+}
+
+/// Refuses a Redis with lock state of the layout before buckets under this
+/// prefix, then marks the prefix as this layout's. A one-time check at
+/// startup, not a lock operation, so two commands are enough.
+async fn check_layout(ns: &Namespace, lanes: &Lanes) -> Result<(), StoreError> {
+    let mut conn = lanes.conn();
+    let marker: Option<String> = lanes
+        .bounded(redis::cmd("GET").arg(ns.layout()).query_async(&mut conn))
+        .await?;
+    if marker.as_deref() == Some(crate::keys::LAYOUT_VERSION) {
+        return Ok(());
+    }
+    let old = ns.previous_layout_stats();
+    let found: bool = lanes
+        .bounded(redis::cmd("EXISTS").arg(&old).query_async(&mut conn))
+        .await?;
+    if found {
+        let pattern = old.replace("{stats}", "*");
+        return Err(StoreError::PreviousLayout { key: old, pattern });
+    }
+    lanes
+        .bounded(
+            redis::cmd("SET")
+                .arg(ns.layout())
+                .arg(crate::keys::LAYOUT_VERSION)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+}
+
+/// Refuses a Redis that may evict any key. Volatile policies evict only keys
+/// with an expiry, and lockd's lock state has none: those pass with a
+/// warning, for the cancellations and lease index that do expire.
+async fn check_eviction(lanes: &Lanes) -> Result<(), StoreError> {
+    let mut conn = lanes.conn();
+    let reply = lanes
+        .bounded(
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Value>(&mut conn),
+        )
+        .await;
+    let policy = match reply.and_then(crate::flags::config_value) {
+        Ok(policy) => policy,
+        Err(err) => {
+            tracing::info!(error = %err, "cannot read maxmemory-policy; make sure redis never evicts lock state");
+            return Ok(());
+        }
+    };
+    if policy.starts_with("allkeys") {
+        return Err(StoreError::Evicting { policy });
+    }
+    if policy.starts_with("volatile") {
+        tracing::warn!(%policy, "redis may evict keys with an expiry: cancellations of timed-out acquires and ListHeld entries");
+    }
+    Ok(())
 }
 
 fn lease_reply(
