@@ -1,52 +1,218 @@
 //! The lock service's operations, shared by the gRPC handlers and the REST
-//! gateway: validate, call the store, account for what changed.
+//! gateway: validate, call the store, account for what changed. A waiting
+//! acquire is a stream of events whose last one is the grant: WaitQueue maps
+//! it onto its response stream, Acquire waits for its end.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use futures::Stream;
 use lockd_core::validate::{self, RawAcquire};
 use lockd_core::{Lease, Limits, LockError, LockId, QueueView, Stats};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::metrics::Metrics;
 use crate::stats::StatsRecorder;
 use crate::store::Store;
-use crate::waiters::{Acquired, Waiters};
+use crate::waiters::{self, Acquired, Ticket, Waiters};
 
-/// Everything an API handler needs.
+/// The health services that flip with the store's health.
+const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
+
+/// Whether this daemon serves: decided in one place (the health watcher),
+/// reported by gRPC health and REST `/health` alike.
+pub struct Health {
+    reporter: HealthReporter,
+    serving: AtomicBool,
+}
+
+impl Health {
+    pub fn new(reporter: HealthReporter) -> Health {
+        Health {
+            reporter,
+            serving: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the status both health endpoints report.
+    pub async fn set(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in HEALTH_SERVICES {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything an API handler needs, behind the operations below.
 pub struct LockCore {
-    pub store: Arc<Store>,
-    pub waiters: Arc<Waiters>,
-    pub limits: Limits,
-    pub stats: Arc<StatsRecorder>,
-    pub metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    waiters: Arc<Waiters>,
+    limits: Limits,
+    stats: Arc<StatsRecorder>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// What a waiting acquire sees: its place in line, then its lease.
+#[derive(Debug)]
+pub enum WaitEvent {
+    Queued { position: u64, queue_length: u64 },
+    Granted(Lease),
+}
+
+/// Where a waiting acquire's stream stands.
+enum WaitState {
+    /// Granted at once: the lease is all there is to say.
+    Granted(Lease),
+    /// Queued: the first position, then whatever the ticket hears.
+    Queued {
+        ticket: Ticket,
+        position: u64,
+        queue_length: u64,
+    },
+    Waiting(Ticket),
+    /// The grant was handed out; being asked for more means it was taken.
+    Handed(Ticket),
+    Done,
 }
 
 impl LockCore {
-    /// Validates a request and either grants it or queues it.
-    pub async fn start_acquire(&self, raw: &RawAcquire<'_>) -> Result<Acquired, LockError> {
-        let spec = self.limits.acquire_spec(raw)?;
-        self.waiters.acquire(&spec).await
+    pub fn new(
+        store: Arc<Store>,
+        waiters: Arc<Waiters>,
+        limits: Limits,
+        stats: Arc<StatsRecorder>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> LockCore {
+        LockCore {
+            store,
+            waiters,
+            limits,
+            stats,
+            metrics,
+            health,
+        }
     }
 
-    /// Acquires, waiting in line as long as the request allows.
-    pub async fn acquire(&self, raw: &RawAcquire<'_>) -> Result<Lease, LockError> {
-        let started = std::time::Instant::now();
-        match self.start_acquire(raw).await? {
-            Acquired::Granted(lease) => {
-                self.metrics.waited(started.elapsed());
-                Ok(lease)
-            }
-            Acquired::Waiting { mut ticket, .. } => match ticket.granted().await {
-                Ok(lease) => {
-                    ticket.delivered();
-                    self.metrics.waited(started.elapsed());
-                    Ok(lease)
-                }
-                Err(err) => {
-                    ticket.leave().await;
-                    Err(err)
-                }
-            },
+    /// The metrics handlers record their calls in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether this daemon serves now (gRPC health says the same).
+    pub fn is_serving(&self) -> bool {
+        self.health.is_serving()
+    }
+
+    /// What keeps the lock state: `redis` or `memory`.
+    pub fn store_kind(&self) -> &'static str {
+        match *self.store {
+            Store::Redis(_) => "redis",
+            Store::Memory(_) => "memory",
         }
+    }
+
+    /// Validates a request and waits in line for it: a stream of its places
+    /// in line, ending with the grant or an error. Dropping the stream before
+    /// the grant was taken from it (asked for the next item) takes the request
+    /// out of line and releases whatever was granted to it.
+    pub async fn wait(
+        &self,
+        raw: &RawAcquire<'_>,
+    ) -> Result<impl Stream<Item = Result<WaitEvent, LockError>> + Send + 'static, LockError> {
+        let started = Instant::now();
+        let spec = self.limits.acquire_spec(raw)?;
+        let state = match self.waiters.acquire(&spec).await? {
+            Acquired::Granted(lease) => WaitState::Granted(lease),
+            Acquired::Waiting {
+                ticket,
+                position,
+                queue_length,
+            } => WaitState::Queued {
+                ticket,
+                position,
+                queue_length,
+            },
+        };
+        let metrics = Arc::clone(&self.metrics);
+        Ok(futures::stream::unfold(state, move |state| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                match state {
+                    WaitState::Granted(lease) => {
+                        metrics.waited(started.elapsed());
+                        Some((Ok(WaitEvent::Granted(lease)), WaitState::Done))
+                    }
+                    WaitState::Queued {
+                        ticket,
+                        position,
+                        queue_length,
+                    } => Some((
+                        Ok(WaitEvent::Queued {
+                            position,
+                            queue_length,
+                        }),
+                        WaitState::Waiting(ticket),
+                    )),
+                    WaitState::Waiting(mut ticket) => match ticket.next().await {
+                        Ok(waiters::WaitEvent::Position {
+                            position,
+                            queue_length,
+                        }) => Some((
+                            Ok(WaitEvent::Queued {
+                                position,
+                                queue_length,
+                            }),
+                            WaitState::Waiting(ticket),
+                        )),
+                        Ok(waiters::WaitEvent::Granted(lease)) => {
+                            metrics.waited(started.elapsed());
+                            Some((Ok(WaitEvent::Granted(lease)), WaitState::Handed(ticket)))
+                        }
+                        Err(err) => {
+                            // Out of line before the caller hears why.
+                            ticket.leave().await;
+                            Some((Err(err), WaitState::Done))
+                        }
+                    },
+                    WaitState::Handed(mut ticket) => {
+                        ticket.delivered();
+                        None
+                    }
+                    WaitState::Done => None,
+                }
+            }
+        }))
+    }
+
+    /// Acquires, waiting in line as long as the request allows: the last
+    /// event of [`LockCore::wait`].
+    pub async fn acquire(&self, raw: &RawAcquire<'_>) -> Result<Lease, LockError> {
+        use futures::StreamExt;
+        let events = self.wait(raw).await?;
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            if let WaitEvent::Granted(lease) = event? {
+                // Asking once more marks the lease as taken.
+                let _ = events.next().await;
+                return Ok(lease);
+            }
+        }
+        Err(LockError::Internal(
+            "the wait ended without a grant or an error".to_owned(),
+        ))
     }
 
     /// Ends a lease.

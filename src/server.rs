@@ -9,11 +9,9 @@ use lockd_redis::{Notice, RedisOptions, RedisStore};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
-use crate::core::LockCore;
+use crate::core::{Health, LockCore};
 use crate::error::DaemonError;
 use crate::metrics::Metrics;
 use crate::pb;
@@ -22,9 +20,6 @@ use crate::service::LockApi;
 use crate::stats::StatsRecorder;
 use crate::store::{MemoryStore, Store};
 use crate::waiters::{self, Waiters};
-
-/// The health service names that flip with the store's health.
-const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
 
 /// How often the store's health is checked.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -63,13 +58,17 @@ pub async fn run(
         watch,
         stop.child_token(),
     ));
-    let core = Arc::new(LockCore {
-        store: Arc::clone(&store),
-        waiters: Arc::clone(&waiters),
-        limits: config.limits(),
-        stats: Arc::clone(&stats),
-        metrics: Arc::clone(&metrics),
-    });
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Arc::new(Health::new(reporter));
+    health.set(true).await;
+    let core = Arc::new(LockCore::new(
+        Arc::clone(&store),
+        Arc::clone(&waiters),
+        config.limits(),
+        Arc::clone(&stats),
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    ));
 
     let background = CancellationToken::new();
     let on_notice = Arc::clone(&waiters);
@@ -91,10 +90,8 @@ pub async fn run(
         Arc::clone(&store),
         background.clone(),
     ));
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::Serving).await;
     tokio::spawn(watch_health(
-        reporter.clone(),
+        Arc::clone(&health),
         Arc::clone(&store),
         notifier,
         metrics,
@@ -127,13 +124,13 @@ pub async fn run(
         "lockd serving"
     );
     let stopping = {
-        let reporter = reporter.clone();
+        let health = Arc::clone(&health);
         let background = background.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down");
             background.cancel();
-            set_health(&reporter, ServingStatus::NotServing).await;
+            health.set(false).await;
             stop.cancel();
         }
     };
@@ -190,12 +187,6 @@ async fn open_store(
     Ok((Store::Redis(redis), Some(Arc::new(notifier))))
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        reporter.set_service_status(service, status).await;
-    }
-}
-
 /// Keeps this daemon's waiters alive in the store, catches missed
 /// notifications and retries owed leaves. Nothing else runs in this loop, so
 /// no slow call can delay the syncs that keep this daemon looking alive.
@@ -247,7 +238,7 @@ async fn reap(waiters: Arc<Waiters>, store: Arc<Store>, stop: CancellationToken)
 /// through the periodic syncs: that is an alarm (`lockd_notifications_up` 0 and
 /// an error per failed attempt, retried with backoff), not NOT_SERVING.
 async fn watch_health(
-    reporter: HealthReporter,
+    health: Arc<Health>,
     store: Arc<Store>,
     notifier: Option<Arc<lockd_redis::Notifier>>,
     metrics: Arc<Metrics>,
@@ -285,12 +276,12 @@ async fn watch_health(
         match (result, serving) {
             (Err(err), true) => {
                 tracing::warn!(error = %err, "store unreachable: not serving");
-                set_health(&reporter, ServingStatus::NotServing).await;
+                health.set(false).await;
                 serving = false;
             }
             (Ok(()), false) => {
                 tracing::info!("store reachable again: serving");
-                set_health(&reporter, ServingStatus::Serving).await;
+                health.set(true).await;
                 serving = true;
             }
             _ => {}

@@ -5,17 +5,14 @@ use std::sync::Arc;
 
 use lockd_core::LockError;
 use lockd_core::validate::RawAcquire;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::core::LockCore;
+use crate::core::{LockCore, WaitEvent};
 use crate::error::status;
 use crate::pb::lock_service_server::LockService;
 use crate::pb::{self, wait_event::Event};
-use crate::waiters::{Acquired, WaitEvent};
 
 /// The WaitQueue response stream.
 pub type WaitStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::WaitEvent, Status>> + Send>>;
@@ -41,7 +38,7 @@ impl LockApi {
         let started = std::time::Instant::now();
         let result = body.await.map_err(status);
         let failed = result.as_ref().err().map(Status::code);
-        self.core.metrics.rpc(method, started.elapsed(), failed);
+        self.core.metrics().rpc(method, started.elapsed(), failed);
         result
     }
 }
@@ -118,73 +115,24 @@ impl LockService for LockApi {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<Self::WaitQueueStream>, Status> {
         let started = std::time::Instant::now();
-        let acquired = self
-            .observe(
-                "WaitQueue",
-                self.core.start_acquire(&raw(request.get_ref())),
-            )
+        let events = self
+            .observe("WaitQueue", self.core.wait(&raw(request.get_ref())))
             .await?;
-        let metrics = std::sync::Arc::clone(&self.core.metrics);
-        // Boxed items: a channel allocates room for 32 of them at once, and a
-        // waiter should cost little while it waits.
-        let (tx, rx) = mpsc::channel::<Box<Result<pb::WaitEvent, Status>>>(4);
-        match acquired {
-            Acquired::Granted(lease) => {
-                metrics.waited(started.elapsed());
-                // The channel is empty and has room: this cannot fail.
-                let _ = tx.try_send(Box::new(Ok(granted(lease))));
-            }
-            Acquired::Waiting {
-                mut ticket,
+        let core = Arc::clone(&self.core);
+        let events = events.map(move |event| match event {
+            Ok(WaitEvent::Queued {
                 position,
                 queue_length,
-            } => {
-                let _ = tx.try_send(Box::new(Ok(queued(position, queue_length))));
-                tokio::spawn(async move {
-                    loop {
-                        let event = tokio::select! {
-                            event = ticket.next() => event,
-                            // The client cancelled or its connection dropped:
-                            // dropping the ticket takes it out of line.
-                            _ = tx.closed() => return,
-                        };
-                        match event {
-                            Ok(WaitEvent::Position {
-                                position,
-                                queue_length,
-                            }) => {
-                                if tx
-                                    .send(Box::new(Ok(queued(position, queue_length))))
-                                    .await
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Ok(WaitEvent::Granted(lease)) => {
-                                if tx.send(Box::new(Ok(granted(lease)))).await.is_ok() {
-                                    ticket.delivered();
-                                    metrics.waited(started.elapsed());
-                                }
-                                // Ending the stream here means a client that
-                                // stops reading after Granted keeps its lease.
-                                return;
-                            }
-                            Err(err) => {
-                                ticket.leave().await;
-                                let err = status(err);
-                                metrics.rpc("WaitQueue", started.elapsed(), Some(err.code()));
-                                let _ = tx.send(Box::new(Err(err))).await;
-                                return;
-                            }
-                        }
-                    }
-                });
+            }) => Ok(queued(position, queue_length)),
+            Ok(WaitEvent::Granted(lease)) => Ok(granted(lease)),
+            Err(err) => {
+                let err = status(err);
+                core.metrics()
+                    .rpc("WaitQueue", started.elapsed(), Some(err.code()));
+                Err(err)
             }
-        }
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).map(|event| *event),
-        )))
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn get_lock(

@@ -21,7 +21,6 @@ use super::json::{
     StatsJson, Success, WaiterJson, rfc3339,
 };
 use crate::core::LockCore;
-use crate::store::Store;
 
 type Core = State<Arc<LockCore>>;
 type ApiResult<T> = Result<Json<Success<T>>, ApiError>;
@@ -53,7 +52,7 @@ async fn observe<T>(
     let started = Instant::now();
     let result = body.await;
     let failed = result.as_ref().err().map(crate::error::code);
-    core.metrics.rpc(method, started.elapsed(), failed);
+    core.metrics().rpc(method, started.elapsed(), failed);
     result.map_err(ApiError::from)
 }
 
@@ -284,44 +283,40 @@ struct Unhealthy {
     data: HealthJson,
 }
 
-/// 200 "healthy" while the store answers a ping, else 503 "unhealthy".
+/// 200 "healthy" while this daemon serves, else 503 "unhealthy": the same
+/// answer as gRPC health at every moment, from the same flag.
 async fn health(State(core): Core) -> Response {
-    let store = match *core.store {
-        Store::Redis(_) => "redis",
-        Store::Memory(_) => "memory",
-    };
+    let store = core.store_kind();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    match core.store.ping().await {
-        Ok(()) => {
-            let stats = core.stats().await.ok();
-            Json(Success::new(HealthJson {
-                status: "healthy",
+    if core.is_serving() {
+        let stats = core.stats().await.ok();
+        return Json(Success::new(HealthJson {
+            status: "healthy",
+            store,
+            timestamp: rfc3339(now),
+            active_locks: stats.as_ref().map(|s| s.active_locks),
+            total_locks: stats.as_ref().map(|s| s.total_locks),
+        }))
+        .into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Unhealthy {
+            success: false,
+            error: "lock store unavailable: not serving".to_owned(),
+            code: "unavailable",
+            data: HealthJson {
+                status: "unhealthy",
                 store,
                 timestamp: rfc3339(now),
-                active_locks: stats.as_ref().map(|s| s.active_locks),
-                total_locks: stats.as_ref().map(|s| s.total_locks),
-            }))
-            .into_response()
-        }
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Unhealthy {
-                success: false,
-                error: format!("lock store unavailable: {err}"),
-                code: "unavailable",
-                data: HealthJson {
-                    status: "unhealthy",
-                    store,
-                    timestamp: rfc3339(now),
-                    active_locks: None,
-                    total_locks: None,
-                },
-            }),
-        )
-            .into_response(),
-    }
+                active_locks: None,
+                total_locks: None,
+            },
+        }),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

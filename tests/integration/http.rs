@@ -770,6 +770,13 @@ async fn paused_redis_means_503_and_unhealthy_then_recovery() {
     let redis = env.redis.as_ref().unwrap();
     redis.pause();
 
+    // REST health reports what gRPC health does, which the health watcher
+    // flips within about a second of the outage.
+    let unhealthy = eventually(Duration::from_secs(5), || async {
+        rest.get("/health").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unhealthy, "REST health goes unhealthy");
     for path in ["/health", "/api/locks/health"] {
         let body = expect_error(
             rest.get(path).await,

@@ -113,8 +113,11 @@ pub enum Event {
     Dequeued,
 }
 
-/// What every store operation reports besides its own answer.
+/// What every store operation reports besides its own answer. Its grants
+/// left the store's inbox with it: whoever ran the operation must hand them
+/// to their waiters (`Waiters::handle_effects` in the daemon).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[must_use = "its grants must reach their waiters or be released"]
 pub struct Effects {
     /// Grants made to this daemon's waiters, by this or by another daemon's call,
     /// that this call took over. Each must reach its waiter or be released.
