@@ -327,6 +327,9 @@ enum Op {
     HeldBy {
         client: usize,
     },
+    /// An idle gap longer than every short timer of the timed test (lease
+    /// TTLs, daemon liveness), then a reaper pass on both sides.
+    Sleep,
 }
 
 /// The lock an operation names.
@@ -388,13 +391,30 @@ fn by_strategy() -> impl Strategy<Value = By> {
     ]
 }
 
-fn op_strategy() -> impl Strategy<Value = Op> {
+/// The timed test's short lease TTL and daemon liveness, and the idle gap
+/// that outlasts both: a step sees a short lease and a daemon's liveness
+/// either well before or well after it ends, never near the boundary, so
+/// both sides must agree although each reads its own clock.
+const SHORT_TTL_MS: u64 = 300;
+const SHORT_LIVENESS_MS: u64 = 300;
+const IDLE_GAP: Duration = Duration::from_millis(700);
+
+/// TTLs of acquires and renewals: long only, or (timed) short ones too.
+fn ttl_strategy(timed: bool) -> BoxedStrategy<u64> {
+    if timed {
+        prop_oneof![Just(SHORT_TTL_MS), LONG_MS..=2 * LONG_MS].boxed()
+    } else {
+        (LONG_MS..=2 * LONG_MS).boxed()
+    }
+}
+
+fn op_strategy(timed: bool) -> impl Strategy<Value = Op> {
     let acquire = (
         resource_strategy(),
         0..CLIENTS.len(),
         0..DAEMONS.len(),
         mode_strategy(),
-        LONG_MS..=2 * LONG_MS,
+        ttl_strategy(timed),
         prop::bool::weighted(0.6),
         0..=2u32,
         prop_oneof![3 => Just(0u64), 1 => 1..=3u64],
@@ -416,7 +436,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let renew = (
         lease_target(),
         by_strategy(),
-        prop_oneof![Just(None), (LONG_MS..=2 * LONG_MS).prop_map(Some)],
+        prop_oneof![Just(None), ttl_strategy(timed).prop_map(Some)],
         0..DAEMONS.len(),
     )
         .prop_map(|(target, by, ttl_ms, daemon)| Op::Renew {
@@ -445,6 +465,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => sync,
         1 => (0..RESOURCES.len()).prop_map(|resource| Op::Queue { resource }),
         1 => (0..CLIENTS.len()).prop_map(|client| Op::HeldBy { client }),
+        u32::from(timed) => Just(Op::Sleep),
     ]
 }
 
@@ -488,6 +509,8 @@ struct Case {
     /// Every event the engine reported, as counters: what the Redis
     /// scripts must have counted into their buckets.
     engine_totals: StatsDelta,
+    /// The liveness every daemon's calls carry.
+    liveness_ms: u64,
 }
 
 impl Case {
@@ -563,7 +586,12 @@ impl Case {
                 };
                 let both = self
                     .twin
-                    .acquire(&spec, &secret, &caller(*daemon, LONG_MS), *max_queue)
+                    .acquire(
+                        &spec,
+                        &secret,
+                        &caller(*daemon, self.liveness_ms),
+                        *max_queue,
+                    )
                     .await;
                 let answers = both.each_ref().map(|(r, _)| answer(r, acquire_view));
                 prop_assert_eq!(&answers[0], &answers[1], "answers of {}", ctx);
@@ -591,7 +619,7 @@ impl Case {
                 let client = self.client(by, known);
                 let both = self
                     .twin
-                    .release(&lock, client, &caller(*daemon, LONG_MS))
+                    .release(&lock, client, &caller(*daemon, self.liveness_ms))
                     .await;
                 self.check_lease_answers(&ctx, &both)?;
                 self.check_effects(&ctx, *daemon, &both)?;
@@ -609,7 +637,7 @@ impl Case {
                 let client = self.client(by, known);
                 let both = self
                     .twin
-                    .renew(&lock, client, *ttl_ms, &caller(*daemon, LONG_MS))
+                    .renew(&lock, client, *ttl_ms, &caller(*daemon, self.liveness_ms))
                     .await;
                 self.check_lease_answers(&ctx, &both)?;
                 self.check_effects(&ctx, *daemon, &both)?;
@@ -629,7 +657,7 @@ impl Case {
                     .leave(
                         &lock.resource,
                         &lock.secret,
-                        &caller(daemon, LONG_MS),
+                        &caller(daemon, self.liveness_ms),
                         *outcome_unknown,
                     )
                     .await;
@@ -651,7 +679,11 @@ impl Case {
                     .collect();
                 let both = self
                     .twin
-                    .sync(RESOURCES[*resource], &secrets, &caller(*daemon, LONG_MS))
+                    .sync(
+                        RESOURCES[*resource],
+                        &secrets,
+                        &caller(*daemon, self.liveness_ms),
+                    )
                     .await;
                 let answers = both.each_ref().map(|(r, _)| answer(r, Clone::clone));
                 prop_assert_eq!(&answers[0], &answers[1], "answers of {}", ctx);
@@ -684,6 +716,42 @@ impl Case {
             }
             Op::Queue { resource } => self.check_queue(&ctx, RESOURCES[*resource]).await?,
             Op::HeldBy { client } => self.check_held_by(&ctx, CLIENTS[*client]).await?,
+            Op::Sleep => {
+                tokio::time::sleep(IDLE_GAP).await;
+                // Both reapers sweep what came due meanwhile; what they
+                // changed must agree, resource by resource.
+                let reaper = caller(0, self.liveness_ms);
+                let engine = self.twin.engine.reap(wall_clock(), &reaper);
+                let redis = self.twin.redis.reap(&reaper).await.expect("redis reap");
+                let by_resource = |swept: &[(String, Effects)]| {
+                    let mut views = BTreeMap::new();
+                    for (resource, effects) in swept {
+                        if !effects.events.is_empty() || !effects.my_grants.is_empty() {
+                            views.insert(
+                                resource.clone(),
+                                (event_views(effects), grant_views(effects)),
+                            );
+                        }
+                    }
+                    views
+                };
+                prop_assert_eq!(
+                    by_resource(&engine),
+                    by_resource(&redis),
+                    "reaped at {}",
+                    ctx
+                );
+                let merged = |swept: Vec<(String, Effects)>| {
+                    let mut all = Effects::default();
+                    for (_, effects) in swept {
+                        all.events.extend(effects.events);
+                        all.my_grants.extend(effects.my_grants);
+                    }
+                    (Ok(()), all)
+                };
+                let both: Both<()> = [merged(engine), merged(redis)];
+                self.check_effects(&ctx, 0, &both)?;
+            }
         }
         self.step += 1;
         Ok(())
@@ -896,13 +964,18 @@ fn token_order<'a>(side: &'a Side, other: &Side) -> BTreeMap<&'a str, Vec<&'a st
         .collect()
 }
 
-async fn run_case(server: &RedisServer, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run_case(
+    server: &RedisServer,
+    ops: Vec<Op>,
+    liveness_ms: u64,
+) -> Result<(), TestCaseError> {
     let mut case = Case {
         twin: Twin::open(server, "model").await,
         known: Vec::new(),
         sides: Default::default(),
         step: 0,
         engine_totals: StatsDelta::default(),
+        liveness_ms,
     };
     for op in &ops {
         case.run(op).await?;
@@ -925,9 +998,36 @@ fn engine_and_redis_agree_on_random_operations() {
         max_shrink_iters: 4096,
         ..Config::default()
     });
-    let ops = prop::collection::vec(op_strategy(), 1..=40);
-    if let Err(err) = runner.run(&ops, |ops| runtime.block_on(run_case(&server, ops))) {
+    let ops = prop::collection::vec(op_strategy(false), 1..=40);
+    if let Err(err) = runner.run(&ops, |ops| {
+        runtime.block_on(run_case(&server, ops, LONG_MS))
+    }) {
         panic!("the engine and the Redis store disagree: {err}");
+    }
+}
+
+/// The same with time in it: short leases and daemon liveness, and idle
+/// gaps longer than both after which each side's reaper runs, so that
+/// expiry, dead daemons, abandoned grants and the waiting counts are checked
+/// against the engine too.
+#[test]
+fn engine_and_redis_agree_across_idle_gaps() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        max_shrink_iters: 512,
+        ..Config::default()
+    });
+    let ops = prop::collection::vec(op_strategy(true), 1..=16);
+    if let Err(err) = runner.run(&ops, |ops| {
+        runtime.block_on(run_case(&server, ops, SHORT_LIVENESS_MS))
+    }) {
+        panic!("the engine and the Redis store disagree across idle gaps: {err}");
     }
 }
 

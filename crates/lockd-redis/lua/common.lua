@@ -1,5 +1,5 @@
 -- common.lua: shared by every lockd script that changes a resource. Each such
--- script is this file followed by its own; together they follow
+-- script is records.lua, this file and its own; together they follow
 -- crates/lockd-core/src/engine.rs rule for rule: sweep what ended, do the
 -- operation, grant whoever is next in line, account for it, report what changed.
 --
@@ -50,39 +50,6 @@ local events = {}
 local stat = {}
 local function count(field, n)
   stat[field] = (stat[field] or 0) + n
-end
-
--- holder record: mode|token-acquired*1000|acquired|expires-acquired|ttl|renewals|max_renewals|client
--- Times are relative to `acquired` so that a record with a short client id
--- stays within Redis' 64-byte listpack limit.
-local function parse_holder(v)
-  local m, tok, acq, held, ttl, ren, maxr, client =
-    string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(.*)$')
-  acq = tonumber(acq)
-  return { mode = tonumber(m), token = acq * 1000 + tonumber(tok), acq = acq, exp = acq + tonumber(held),
-           ttl = tonumber(ttl), ren = tonumber(ren), maxr = tonumber(maxr), client = client, rec = v }
-end
-
--- The record of `h`, formatted once per change (`put_holder` clears it).
-local function fmt_holder(h)
-  if h.rec then
-    return h.rec
-  end
-  h.rec = string.format('%d|%d|%d|%d|%d|%d|%d|%s', h.mode, h.token - h.acq * 1000, h.acq, h.exp - h.acq,
-    h.ttl, h.ren, h.maxr, h.client)
-  return h.rec
-end
-
--- waiter record: mode|ttl|max_renewals|enqueued|deadline|daemon|client
-local function parse_waiter(v)
-  local m, ttl, maxr, enq, dl, d, client =
-    string.match(v, '^(%d)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
-  return { mode = tonumber(m), ttl = tonumber(ttl), maxr = tonumber(maxr), enq = tonumber(enq),
-           deadline = tonumber(dl), daemon = d, client = client }
-end
-
-local function fmt_waiter(w)
-  return string.format('%d|%d|%d|%d|%d|%s|%s', w.mode, w.ttl, w.maxr, w.enq, w.deadline, w.daemon, w.client)
 end
 
 -- Load the holders once; every rule below works on this table and mirrors
@@ -223,10 +190,10 @@ local function end_hold(secret, how, held_ms)
     redis.call('HDEL', G, secret)
   end
   events[#events + 1] = how .. h.mode .. ':' .. held_ms
-  count('a' .. h.mode, -1)
-  count(how == 'r' and 'r' or (how == 'x' and 'x' or 'ab'), 1)
+  -- One counter per way a hold ends and mode; live leases per mode are
+  -- grants less ends, so ending a hold costs two increments.
+  count(how .. h.mode, 1)
   count('hm', held_ms)
-  count('hn', 1)
 end
 
 -- The bucket's fencing-token floor, read on the first grant. It only grows
@@ -259,7 +226,6 @@ local function grant(secret, mode, ttl, maxr, client)
   put_holder(secret, h)
   events[#events + 1] = 'g' .. mode
   count('g' .. mode, 1)
-  count('a' .. mode, 1)
   return h
 end
 
@@ -418,8 +384,9 @@ local function finish(me, status, payload)
     redis.call('HSET', S, 'f', string.format('%d', floor))
   end
   if granted > 0 then
-    redis.call('ZINCRBY', T, granted, RESOURCE)
-    if redis.call('ZCARD', T) > 2 * TOP_KEEP then
+    -- Only a new member can take the list past its bound.
+    local total = tonumber(redis.call('ZINCRBY', T, granted, RESOURCE))
+    if total == granted and redis.call('ZCARD', T) > 2 * TOP_KEEP then
       redis.call('ZREMRANGEBYRANK', T, 0, -(TOP_KEEP + 1))
     end
   end

@@ -6,9 +6,7 @@ if not v then
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local acq, held = string.match(v, '^%d|%d+|(%d+)|(%d+)|')
-local exp = tonumber(acq) + tonumber(held)
-if exp <= now then
+if holder_expiry(v) <= now then
   return false
 end
 return v

@@ -10,8 +10,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local holders = {}
 local flat = redis.call('HGETALL', H)
 for i = 1, #flat, 2 do
-  local acq, held = string.match(flat[i + 1], '^%d|%d+|(%d+)|(%d+)|')
-  if tonumber(acq) + tonumber(held) > now then
+  if holder_expiry(flat[i + 1]) > now then
     holders[#holders + 1] = flat[i + 1]
   end
 end
@@ -35,9 +34,9 @@ for i = 1, #entries, 2 do
   end
   local v = redis.call('HGET', W, entries[i])
   if v then
-    local dl, d = string.match(v, '^%d|%d+|%d+|%d+|(%d+)|([^|]*)|')
+    local w = parse_waiter(v)
     local seq = tonumber(entries[i + 1])
-    if tonumber(dl) > now and (deadline[d] or 0) > now and seq > (tomb[d] or 0) then
+    if w.deadline > now and (deadline[w.daemon] or 0) > now and seq > (tomb[w.daemon] or 0) then
       waiters[#waiters + 1] = v
     end
   end

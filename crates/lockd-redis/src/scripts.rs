@@ -35,10 +35,19 @@ pub struct Scripts {
 
 impl Scripts {
     pub fn new() -> Scripts {
+        let records = include_str!("../lua/records.lua");
         let common = include_str!("../lua/common.lua");
         let with_common = |name, op: &str| Named {
             name,
-            script: Script::new(&format!("{common}\n{op}")),
+            script: Script::new(&format!("{records}\n{common}\n{op}")),
+        };
+        // A read-only script's flags line must stay its first line.
+        let reading_records = |name, source: &str| {
+            let (flags, body) = source.split_once('\n').unwrap_or((source, ""));
+            Named {
+                name,
+                script: Script::new(&format!("{flags}\n{records}\n{body}")),
+            }
         };
         let alone = |name, source: &str| Named {
             name,
@@ -57,8 +66,8 @@ impl Scripts {
             release: with_common("release", include_str!("../lua/release.lua")),
             renew: with_common("renew", include_str!("../lua/renew.lua")),
             sweep: with_common("sweep", include_str!("../lua/sweep.lua")),
-            get: alone("get", include_str!("../lua/get.lua")),
-            queue: alone("queue", include_str!("../lua/queue.lua")),
+            get: reading_records("get", include_str!("../lua/get.lua")),
+            queue: reading_records("queue", include_str!("../lua/queue.lua")),
             held: alone("held", include_str!("../lua/held.lua")),
             index: alone("index", include_str!("../lua/index.lua")),
             reaper: alone("reaper", include_str!("../lua/reaper.lua")),

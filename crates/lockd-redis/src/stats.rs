@@ -47,37 +47,40 @@ fn parse_error(err: impl std::fmt::Display) -> StoreError {
     StoreError::Reply(format!("statistics: {err}"))
 }
 
-/// Adds one bucket's fields (`g<mode code>`, `a<mode code>`, `r`, `x`, `ab`,
-/// `hm`, `hn`, `w`; `f` is the token floor, not a counter).
+/// Adds one bucket's fields, as common.lua writes them: `g<mode code>`
+/// (grants), `r<code>`, `x<code>`, `a<code>` (holds released, expired and
+/// abandoned), `hm` (their summed hold time) and `w` (waiting); `f` is the
+/// token floor, not a counter. Live leases are grants less ended holds.
 fn add_bucket(totals: &mut StatsDelta, fields: Counters) {
     for (field, n) in fields {
         let unsigned = n.max(0) as u64;
-        let mode = |code: &str| {
-            code.parse::<i32>()
+        if let Some((kind, code)) = field.split_at_checked(1)
+            && let Some(i) = code
+                .parse::<i32>()
                 .ok()
                 .and_then(LockMode::from_code)
                 .map(LockMode::index)
-        };
-        match field.split_at_checked(1) {
-            Some(("g", code)) if !code.is_empty() => {
-                if let Some(i) = mode(code) {
+        {
+            let ended = match kind {
+                "g" => {
                     totals.grants_by_mode[i] += unsigned;
-                }
-            }
-            Some(("a", code)) if code != "b" && !code.is_empty() => {
-                if let Some(i) = mode(code) {
                     totals.active_by_mode[i] += n;
+                    continue;
                 }
-            }
-            _ => match field.as_str() {
-                "r" => totals.released += unsigned,
-                "x" => totals.expired += unsigned,
-                "ab" => totals.abandoned += unsigned,
-                "hm" => totals.hold_ms_sum += unsigned,
-                "hn" => totals.holds_ended += unsigned,
-                "w" => totals.waiting += n,
-                _ => {}
-            },
+                "r" => &mut totals.released,
+                "x" => &mut totals.expired,
+                "a" => &mut totals.abandoned,
+                _ => continue,
+            };
+            *ended += unsigned;
+            totals.holds_ended += unsigned;
+            totals.active_by_mode[i] -= n;
+            continue;
+        }
+        match field.as_str() {
+            "hm" => totals.hold_ms_sum += unsigned,
+            "w" => totals.waiting += n,
+            _ => {}
         }
     }
 }
@@ -94,20 +97,14 @@ mod tests {
         };
         add_bucket(
             &mut totals,
-            fields(&[
-                ("g1", 3),
-                ("a1", 1),
-                ("ab", 2),
-                ("r", 1),
-                ("f", 99),
-                ("w", 4),
-            ]),
+            fields(&[("g1", 4), ("a1", 2), ("r1", 1), ("f", 99), ("w", 4)]),
         );
-        add_bucket(&mut totals, fields(&[("g2", 1), ("a2", 1), ("w", -1)]));
-        assert_eq!(totals.grants_by_mode, [3, 1, 0, 0]);
+        add_bucket(&mut totals, fields(&[("g2", 1), ("x2", 0), ("w", -1)]));
+        assert_eq!(totals.grants_by_mode, [4, 1, 0, 0]);
         assert_eq!(totals.active_by_mode, [1, 1, 0, 0]);
         assert_eq!(totals.abandoned, 2);
         assert_eq!(totals.released, 1);
+        assert_eq!(totals.holds_ended, 3);
         assert_eq!(totals.waiting, 3);
     }
 }
