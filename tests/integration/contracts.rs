@@ -398,21 +398,6 @@ async fn tokens_rise_when_redis_comes_back_with_its_clock_an_hour_behind() {
     );
 }
 
-/// What `lockd::server::run` answers for these flags, if it refuses to serve.
-async fn refusal(args: &[&str]) -> String {
-    let config =
-        <lockd::config::Config as clap::Parser>::try_parse_from(["lockd"].iter().chain(args))
-            .expect("flags parse");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let served = tokio::time::timeout(
-        Duration::from_secs(10),
-        lockd::server::run(listener, config, std::future::pending()),
-    )
-    .await
-    .expect("the daemon served instead of refusing");
-    served.expect_err("refused").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_with_keys_of_the_previous_layout_is_refused() {
     let server = RedisServer::start();

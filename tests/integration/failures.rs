@@ -246,17 +246,7 @@ async fn the_daemon_turns_on_the_keyspace_notifications_it_needs() {
 async fn without_config_access_the_daemon_names_the_flags_to_set() {
     // Managed Redis services often disable CONFIG.
     let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
-    let config = <lockd::config::Config as clap::Parser>::try_parse_from([
-        "lockd",
-        "--redis-url",
-        &redis.url(),
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = lockd::server::run(listener, config, std::future::pending())
-        .await
-        .expect_err("cannot start without keyspace notifications");
-    let message = err.to_string();
+    let message = refusal(&["--redis-url", &redis.url()]).await;
     assert!(message.contains("notify-keyspace-events"), "{message}");
     assert!(message.contains("Kghzxe"), "{message}");
 }

@@ -441,3 +441,17 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// What `lockd::server::run` answers for these flags when it refuses to
+/// serve; panics if it serves instead (within 10 s).
+pub async fn refusal(args: &[&str]) -> String {
+    let config = Config::try_parse_from(["lockd"].iter().chain(args)).expect("flags parse");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        lockd::server::run(listener, config, std::future::pending()),
+    )
+    .await
+    .expect("the daemon served instead of refusing");
+    served.expect_err("refused").to_string()
+}

@@ -194,17 +194,7 @@ async fn without_config_a_probe_finds_flags_that_are_missing() {
         "--notify-keyspace-events",
         "Kl",
     ]);
-    let config = <lockd::config::Config as clap::Parser>::try_parse_from([
-        "lockd",
-        "--redis-url",
-        &redis.url(),
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = lockd::server::run(listener, config, std::future::pending())
-        .await
-        .expect_err("the probe sees no hash, zset or expiry events");
-    let message = err.to_string();
+    let message = refusal(&["--redis-url", &redis.url()]).await;
     assert!(message.contains("notify-keyspace-events"), "{message}");
     assert!(message.contains("Kghzxe"), "{message}");
     assert!(message.contains("hgzx"), "names what is missing: {message}");
