@@ -478,3 +478,66 @@ async fn a_long_run_of_shared_waiters_is_granted_in_bounded_steps() {
     assert_eq!(totals.waiting, 0);
     assert_eq!(totals.active_by_mode[LockMode::Shared.index()], 2_500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_leases_ending_at_once_are_ended_in_bounded_steps() {
+    let server = RedisServer::start();
+    let store = store(&server, &unique("readers")).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    let reader = |i: usize| AcquireSpec {
+        mode: LockMode::Read,
+        ttl_ms: 3_000,
+        ..exclusive("r", &format!("reader{i}"), 0)
+    };
+    let filling = Instant::now();
+    // Pipelined on the store's connection, so the fill takes a fraction of
+    // the TTL even on a loaded machine.
+    let specs: Vec<AcquireSpec> = (0..1_500).map(reader).collect();
+    let secrets: Vec<String> = specs.iter().map(|_| secret()).collect();
+    let grants = futures::future::join_all(
+        specs
+            .iter()
+            .zip(&secrets)
+            .map(|(spec, secret)| store.acquire(spec, secret, &me, 0)),
+    )
+    .await;
+    for (granted, _) in grants {
+        assert!(matches!(granted, Ok(AcquireOutcome::Granted(_))));
+    }
+    assert!(
+        filling.elapsed() < Duration::from_millis(2_500),
+        "the readers must all be granted before the first expires"
+    );
+    // Every reader's lease has ended; none was ended yet.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    // The next operation on the resource ends the earliest 1000 only.
+    let (writer, effects) = store
+        .acquire(&exclusive("r", "writer", 0), &secret(), &me, 0)
+        .await;
+    let ended = effects
+        .events
+        .iter()
+        .filter(|e| matches!(e, lockd_core::Event::Ended { .. }))
+        .count();
+    assert_eq!(ended, lockd_core::engine::EXPIRE_LIMIT);
+    assert!(
+        matches!(writer, Ok(AcquireOutcome::Busy)),
+        "expired leases not yet ended still hold: {writer:?}"
+    );
+    for _ in 0..5 {
+        store.reap(&me).await.unwrap();
+    }
+    let totals = store.read_stats().await.unwrap();
+    assert_eq!(totals.expired, 1_500);
+    assert_eq!(totals.active_by_mode, [0, 0, 0, 0]);
+    let (writer, _) = store
+        .acquire(&exclusive("r", "writer", 0), &secret(), &me, 0)
+        .await;
+    assert!(
+        matches!(writer, Ok(AcquireOutcome::Granted(_))),
+        "{writer:?}"
+    );
+}

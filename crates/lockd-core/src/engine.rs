@@ -34,6 +34,10 @@ pub const PURGE_LIMIT: usize = 100;
 /// rest are granted by the next sweep, which is due at once.
 pub const GRANT_LIMIT: usize = 1_000;
 
+/// Most expired leases one operation ends, earliest first; the rest by the
+/// next sweep, which is due at once. Until then they still hold.
+pub const EXPIRE_LIMIT: usize = 1_000;
+
 /// The store's clock as one operation sees it: frozen for the whole operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -207,13 +211,22 @@ impl Resource {
     /// Ends expired leases; settles daemons whose liveness lapsed (their
     /// entries stop counting as waiting, their undelivered grants are released).
     fn sweep(&mut self, now: Now, effects: &mut Effects) {
-        let expired: Vec<(String, u64)> = self
+        let mut expired: Vec<(u64, String, u64)> = self
             .holders
             .iter()
             .filter(|(_, h)| h.expires_ms <= now.ms)
-            .map(|(s, h)| (s.clone(), h.expires_ms.saturating_sub(h.acquired_ms)))
+            .map(|(s, h)| {
+                let held_ms = h.expires_ms.saturating_sub(h.acquired_ms);
+                (h.expires_ms, s.clone(), held_ms)
+            })
             .collect();
-        for (secret, held_ms) in expired {
+        // Earliest first, as the store's expiry index orders them.
+        expired.sort();
+        if expired.len() > EXPIRE_LIMIT {
+            expired.truncate(EXPIRE_LIMIT);
+            self.promote_pending = true;
+        }
+        for (_, secret, held_ms) in expired {
             self.end_hold(&secret, HoldEnd::Expired, held_ms, effects);
         }
         if self.queue.is_empty() && self.inbox.is_empty() {

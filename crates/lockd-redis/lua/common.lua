@@ -18,26 +18,30 @@
 --   S  the bucket's statistics counters and fencing-token floor (field f)
 --   T  the bucket's grants per resource
 --   U  the bucket's due index: resource -> when it next needs a sweep (ms)
+--   E  holders by when their leases end (ms): the only view of every holder a
+--      script takes, so that no operation's work grows with the holders
 -- ARGV (shared head, from crates/lockd-redis/src/scripts.rs):
 --   resource, wait_grace_ms, cancel_keep_ms, purge_limit, grant_limit,
---   shared mode codes, top_keep; each script's own arguments start at ARGV[8].
+--   expire_limit, shared mode codes, top_keep; each script's own arguments
+--   start at ARGV[9].
 --
 -- Nothing here relies on a key expiring: the due index brings every resource
 -- back to a sweep when its next lease ends or a daemon's liveness lapses, so
 -- the counters in S never drift from the records they count.
-local H, Q, W, D, G, K, S, T, U =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local H, Q, W, D, G, K, S, T, U, E =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local RESOURCE = ARGV[1]
 local WAIT_GRACE_MS = tonumber(ARGV[2])
 local CANCEL_KEEP_MS = tonumber(ARGV[3])
 local PURGE_LIMIT = tonumber(ARGV[4])
 local GRANT_LIMIT = tonumber(ARGV[5])
+local EXPIRE_LIMIT = tonumber(ARGV[6])
 local SHARED = {}
-for code in string.gmatch(ARGV[6], '%d+') do
+for code in string.gmatch(ARGV[7], '%d+') do
   SHARED[tonumber(code)] = true
 end
-local TOP_KEEP = tonumber(ARGV[7])
-local A = 8
+local TOP_KEEP = tonumber(ARGV[8])
+local A = 9
 
 -- Time comes from the Redis server and is frozen for the whole script.
 local clock = redis.call('TIME')
@@ -52,28 +56,27 @@ local function count(field, n)
   stat[field] = (stat[field] or 0) + n
 end
 
--- Load the holders once; every rule below works on this table and mirrors
--- each change into H.
--- `nexclusive` counts the holders outside the shared class, so that
--- admitting a request is O(1) however many share the resource.
-local holders, nholders, nexclusive = {}, 0, 0
-do
-  local flat = redis.call('HGETALL', H)
-  for i = 1, #flat, 2 do
-    local h = parse_holder(flat[i + 1])
-    holders[flat[i]] = h
-    nholders = nholders + 1
-    if not SHARED[h.mode] then
-      nexclusive = nexclusive + 1
-    end
+-- Holders are read one at a time, when a rule needs one: `holders` caches
+-- what was read (false: known absent) and every change is mirrored into H
+-- and E.
+local holders = {}
+local nholders = redis.call('ZCARD', E)
+local function holder(secret)
+  local h = holders[secret]
+  if h == nil then
+    local raw = redis.call('HGET', H, secret)
+    h = raw and parse_holder(raw) or false
+    holders[secret] = h
   end
+  return h or nil
 end
 
 -- The queue length and the inbox, read once and kept in step with every write
 -- below, so an uncontended operation reads each key once.
 local qlen = redis.call('ZCARD', Q)
+-- Every inbox entry is a holder's, so there is none without holders.
 local inbox, inbox_found = {}, false
-do
+if nholders > 0 then
   local flat = redis.call('HGETALL', G)
   for i = 1, #flat, 2 do
     inbox[flat[i]] = flat[i + 1]
@@ -178,13 +181,11 @@ local function remove_entry(secret, w, seq)
 end
 
 local function end_hold(secret, how, held_ms)
-  local h = holders[secret]
-  holders[secret] = nil
+  local h = holder(secret)
+  holders[secret] = false
   nholders = nholders - 1
-  if not SHARED[h.mode] then
-    nexclusive = nexclusive - 1
-  end
   redis.call('HDEL', H, secret)
+  redis.call('ZREM', E, secret)
   if inbox[secret] then
     inbox[secret] = nil
     redis.call('HDEL', G, secret)
@@ -207,23 +208,22 @@ local function next_token()
   return floor
 end
 
-local function put_holder(secret, h)
-  if not holders[secret] then
+-- Stores `h`; `new` says no holder of `secret` exists yet (a grant).
+local function put_holder(secret, h, new)
+  if new then
     nholders = nholders + 1
-    if not SHARED[h.mode] then
-      nexclusive = nexclusive + 1
-    end
   end
   holders[secret] = h
   h.rec = nil
   redis.call('HSET', H, secret, fmt_holder(h))
+  redis.call('ZADD', E, h.exp, secret)
 end
 
 -- Grants a new lease to `secret`.
 local function grant(secret, mode, ttl, maxr, client)
   local h = { mode = mode, token = next_token(), acq = now, exp = now + ttl, ttl = ttl, ren = 0, maxr = maxr,
               client = client }
-  put_holder(secret, h)
+  put_holder(secret, h, true)
   events[#events + 1] = 'g' .. mode
   count('g' .. mode, 1)
   return h
@@ -231,7 +231,7 @@ end
 
 -- The lease `secret` if `client` holds it; otherwise nil and the status to answer.
 local function owned(secret, client)
-  local h = holders[secret]
+  local h = holder(secret)
   if not h then
     return nil, 'not_found'
   end
@@ -241,20 +241,40 @@ local function owned(secret, client)
   return h
 end
 
--- Whether a request in `mode` may join the current holders.
+-- Whether a request in `mode` may join the current holders. A holder outside
+-- the shared class is always alone, so at most one record is read.
 local function admits(mode)
-  if not SHARED[mode] then
-    return nholders == 0
+  if nholders == 0 then
+    return true
   end
-  return nexclusive == 0
+  if not SHARED[mode] then
+    return false
+  end
+  if nholders > 1 then
+    return true
+  end
+  local only = redis.call('ZRANGE', E, 0, 0)[1]
+  local h = only and holder(only)
+  return h == nil or SHARED[h.mode] == true
 end
+
+-- Work promote did in this script, across its calls, and whether a step
+-- stopped at a limit with more to do: then the resource is due again at once.
+local purged, promoted, promote_pending = 0, 0, false
 
 -- Ends expired leases; settles daemons whose liveness lapsed (their entries
 -- stop counting as waiting, their undelivered grants are released).
 local function sweep()
-  for secret, h in pairs(holders) do
-    if h.exp <= now then
-      end_hold(secret, 'x', h.exp - h.acq)
+  if nholders > 0 then
+    local expired = redis.call('ZRANGEBYSCORE', E, '-inf', now, 'LIMIT', 0, EXPIRE_LIMIT + 1)
+    for i = 1, math.min(#expired, EXPIRE_LIMIT) do
+      local h = holder(expired[i])
+      if h then
+        end_hold(expired[i], 'x', h.exp - h.acq)
+      end
+    end
+    if #expired > EXPIRE_LIMIT then
+      promote_pending = true
     end
   end
   if qlen == 0 and not inbox_found then
@@ -276,17 +296,13 @@ local function sweep()
     if not daemon_alive(id) then
       inbox[secret] = nil
       redis.call('HDEL', G, secret)
-      local h = holders[secret]
+      local h = holder(secret)
       if h then
         end_hold(secret, 'a', now - h.acq)
       end
     end
   end
 end
-
--- Work promote did in this script, across its calls, and whether it stopped
--- at a limit with more to do: then the resource is due again at once.
-local purged, promoted, promote_pending = 0, 0, false
 
 -- Grants the head of the queue while it is compatible with the holders,
 -- dropping dead entries on the way; at most PURGE_LIMIT drops and
@@ -334,7 +350,7 @@ local function finish(me, status, payload)
     if id == me then
       inbox[secret] = nil
       redis.call('HDEL', G, secret)
-      local h = holders[secret]
+      local h = holder(secret)
       if h then
         mine[#mine + 1] = secret
         mine[#mine + 1] = fmt_holder(h)
@@ -344,12 +360,10 @@ local function finish(me, status, payload)
     end
   end
   local next_exp, due = -1, nil
-  for _, h in pairs(holders) do
-    if qlen > 0 and (next_exp < 0 or h.exp - now < next_exp) then
-      next_exp = h.exp - now
-    end
-    if due == nil or h.exp < due then
-      due = h.exp
+  if nholders > 0 then
+    due = tonumber(redis.call('ZRANGE', E, 0, 0, 'WITHSCORES')[2])
+    if qlen > 0 then
+      next_exp = math.max(due - now, 0)
     end
   end
   if qlen == 0 and others == 0 then

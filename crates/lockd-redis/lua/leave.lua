@@ -11,7 +11,7 @@ if seq then
   remove_entry(secret, raw and parse_waiter(raw), tonumber(seq))
   return finish(me, 'left')
 end
-local h = holders[secret]
+local h = holder(secret)
 if h then
   end_hold(secret, 'a', now - h.acq)
   return finish(me, 'released')

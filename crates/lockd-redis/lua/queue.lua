@@ -1,17 +1,18 @@
 #!lua flags=no-writes
 -- queue.lua: live holders and live waiters of a resource, in order; at most
--- ARGV[1] waiters, looking at no more than ARGV[2] queue entries.
--- KEYS: holders, queue, waiters, daemons. Reply: {now_ms, {holder records}, {waiter records}}
-local H, Q, W, D = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- ARGV[1] of each, looking at no more than ARGV[2] queue entries.
+-- KEYS: holders, queue, waiters, daemons, expiries.
+-- Reply: {now_ms, {holder records}, {waiter records}}
+local H, Q, W, D, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local limit, scan = tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local holders = {}
-local flat = redis.call('HGETALL', H)
-for i = 1, #flat, 2 do
-  if holder_expiry(flat[i + 1]) > now then
-    holders[#holders + 1] = flat[i + 1]
+for _, secret in ipairs(redis.call('ZRANGE', E, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, limit)) do
+  local v = redis.call('HGET', H, secret)
+  if v then
+    holders[#holders + 1] = v
   end
 end
 

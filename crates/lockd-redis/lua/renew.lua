@@ -16,5 +16,5 @@ end
 h.ttl = ttl
 h.exp = now + ttl
 h.ren = h.ren + 1
-put_holder(secret, h)
+put_holder(secret, h, false)
 return finish(me, 'ok', fmt_holder(h))

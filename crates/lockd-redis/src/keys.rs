@@ -26,6 +26,8 @@ pub const BUCKETS: u16 = 256;
 pub enum Kind {
     /// Holders of a resource: secret to holder record.
     Holders,
+    /// Holders of a resource by when their leases end.
+    Expiries,
     /// Queue order of a resource: waiter secret scored by arrival.
     Queue,
     /// Waiter records of a resource.
@@ -54,8 +56,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 14] = [
         Kind::Holders,
+        Kind::Expiries,
         Kind::Queue,
         Kind::Waiters,
         Kind::Daemons,
@@ -73,6 +76,7 @@ impl Kind {
     fn letter(self) -> char {
         match self {
             Kind::Holders => 'h',
+            Kind::Expiries => 'e',
             Kind::Queue => 'q',
             Kind::Waiters => 'w',
             Kind::Daemons => 'd',
@@ -98,10 +102,11 @@ impl Kind {
 }
 
 /// The keys one resource's scripts work on, in the order the scripts take them
-/// (`KEYS[1..9]` in common.lua).
+/// (`KEYS[1..10]` in common.lua).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceKeys {
     pub holders: String,
+    pub expiries: String,
     pub queue: String,
     pub waiters: String,
     pub daemons: String,
@@ -114,7 +119,7 @@ pub struct ResourceKeys {
 
 impl ResourceKeys {
     /// The keys in script order.
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.holders,
             &self.queue,
@@ -125,6 +130,7 @@ impl ResourceKeys {
             &self.stats,
             &self.top,
             &self.due,
+            &self.expiries,
         ]
     }
 }
@@ -170,6 +176,7 @@ impl Namespace {
         let b = bucket(resource);
         ResourceKeys {
             holders: self.key(b, Kind::Holders, resource),
+            expiries: self.key(b, Kind::Expiries, resource),
             queue: self.key(b, Kind::Queue, resource),
             waiters: self.key(b, Kind::Waiters, resource),
             daemons: self.key(b, Kind::Daemons, resource),

@@ -2,7 +2,7 @@
 //! every resource script shares (`common.lua`).
 
 use lockd_core::LockMode;
-use lockd_core::engine::{CANCEL_KEEP_MS, GRANT_LIMIT, PURGE_LIMIT, WAIT_GRACE_MS};
+use lockd_core::engine::{CANCEL_KEEP_MS, EXPIRE_LIMIT, GRANT_LIMIT, PURGE_LIMIT, WAIT_GRACE_MS};
 use redis::{Script, ScriptInvocation};
 
 use crate::keys::ResourceKeys;
@@ -93,6 +93,7 @@ impl Scripts {
             .arg(CANCEL_KEEP_MS)
             .arg(PURGE_LIMIT)
             .arg(GRANT_LIMIT)
+            .arg(EXPIRE_LIMIT)
             .arg(&self.shared_codes)
             .arg(TOP_KEEP);
         invocation

@@ -359,7 +359,8 @@ impl RedisStore {
         }
     }
 
-    /// The live holders (secrets hidden) and the first live waiters of a resource.
+    /// The first live holders (secrets hidden, earliest to end first, at most
+    /// 1000) and the first live waiters of a resource.
     pub async fn queue(&self, resource: &str) -> Result<QueueView, LockError> {
         let keys = self.ns.resource(resource);
         let named = &self.scripts.queue;
@@ -369,6 +370,7 @@ impl RedisStore {
             .key(&keys.queue)
             .key(&keys.waiters)
             .key(&keys.daemons)
+            .key(&keys.expiries)
             .arg(QUEUE_VIEW_LIMIT)
             .arg(QUEUE_VIEW_SCAN);
         let value = self.run(named, &invocation, &mut self.conn()).await?;
