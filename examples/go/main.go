@@ -1,7 +1,13 @@
-// Command lockd-example runs one small scenario against a lockd daemon with
-// stubs generated from proto/lockd/v1/lock.proto: client A holds a lock,
-// client B waits for it in line, is granted it with a larger fencing token,
-// renews it and releases it. It exits non-zero on any unexpected answer.
+// Command lockd-example shows the pattern for using a lockd lock from Go, with
+// stubs generated from proto/lockd/v1/lock.proto.
+//
+// Two workers update one record in a tiny in-process "storage". Each waits in
+// line with WaitQueue (retrying UNAVAILABLE with backoff within its deadline),
+// renews its lease in the background every ttl/3 while it works, writes with
+// its fencing token, and releases in a defer. The storage rejects a token
+// lower than the last one it accepted. Worker A works for twice its ttl, so
+// without the renewals B would be granted while A still writes. It exits
+// non-zero on any unexpected answer.
 //
 // Usage: lockd-example HOST:PORT
 package main
@@ -10,9 +16,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"io"
+	mrand "math/rand"
 	"os"
+	"sync"
 	"time"
 
 	lockdv1 "github.com/lockd/lockd/gen/go/lockd/v1"
@@ -21,40 +29,238 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-const rpcTimeout = 5 * time.Second
+const (
+	ttl        = 1500 * time.Millisecond
+	rpcTimeout = 5 * time.Second
+)
 
-func fail(format string, args ...interface{}) {
-	fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", args...)
-	os.Exit(1)
+// Storage stands for the resource the lock protects: it accepts a write only
+// with a fencing token at least as large as the last one it accepted.
+type Storage struct {
+	mu        sync.Mutex
+	lastToken uint64
+	value     string
 }
 
-func step(format string, args ...interface{}) {
-	fmt.Printf(format+"\n", args...)
+func (s *Storage) Write(token uint64, value string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if token < s.lastToken {
+		return fmt.Errorf("stale token %d < last accepted %d", token, s.lastToken)
+	}
+	s.lastToken, s.value = token, value
+	return nil
 }
 
-func dial(addr string) *grpc.ClientConn {
+func (s *Storage) Value() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.value
+}
+
+// acquire waits in line for a lease until ctx's deadline, retrying UNAVAILABLE
+// (a Redis blip, a daemon restart) with exponential backoff and jitter.
+func acquire(ctx context.Context, c lockdv1.LockServiceClient, req *lockdv1.AcquireRequest,
+	onQueued func(*lockdv1.Queued)) (*lockdv1.Lease, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		deadline, _ := ctx.Deadline()
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		wait := uint64(left.Milliseconds())
+		req.WaitTimeoutMs = &wait
+		lease, err := waitQueue(ctx, c, req, onQueued)
+		if status.Code(err) != codes.Unavailable {
+			return lease, err
+		}
+		fmt.Printf("   %s: UNAVAILABLE, retrying in %s\n", req.GetClientId(), backoff)
+		select {
+		case <-time.After(backoff/2 + time.Duration(mrand.Int63n(int64(backoff/2)))):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if backoff *= 2; backoff > 2*time.Second {
+			backoff = 2 * time.Second
+		}
+	}
+}
+
+func waitQueue(ctx context.Context, c lockdv1.LockServiceClient, req *lockdv1.AcquireRequest,
+	onQueued func(*lockdv1.Queued)) (*lockdv1.Lease, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.WaitQueue(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if q := ev.GetQueued(); q != nil && onQueued != nil {
+			onQueued(q)
+		}
+		if g := ev.GetGranted(); g != nil {
+			return g.GetLease(), nil
+		}
+	}
+}
+
+// withLock holds a lease while work runs: renewed every ttl/3, released when
+// work returns. work's context is cancelled if the lease is lost (NOT_FOUND
+// and the like, or no successful renewal for a whole ttl).
+func withLock(ctx context.Context, c lockdv1.LockServiceClient, req *lockdv1.AcquireRequest,
+	onQueued func(*lockdv1.Queued), work func(ctx context.Context, lease *lockdv1.Lease) error) error {
+	lease, err := acquire(ctx, c, req, onQueued)
+	if err != nil {
+		return fmt.Errorf("%s acquire: %w", req.GetClientId(), err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		defer cancel()
+		// NOT_FOUND means it expired already; on any error the ttl ends it anyway.
+		if _, err := c.Release(rctx, &lockdv1.ReleaseRequest{LockId: lease.GetLockId(), ClientId: lease.GetClientId()}); err != nil {
+			fmt.Printf("   release %s: %v\n", lease.GetLockId(), err)
+		}
+	}()
+
+	workCtx, lost := context.WithCancel(ctx)
+	var renewer sync.WaitGroup
+	defer renewer.Wait() // deferred calls run last first: lost, Wait, Release
+	defer lost()
+	renewer.Add(1)
+	go func() {
+		defer renewer.Done()
+		ticker := time.NewTicker(ttl / 3)
+		defer ticker.Stop()
+		validUntil := time.Now().Add(ttl)
+		for {
+			select {
+			case <-workCtx.Done():
+				return
+			case <-ticker.C:
+			}
+			sent := time.Now()
+			rctx, cancel := context.WithTimeout(workCtx, ttl/3)
+			_, err := c.Renew(rctx, &lockdv1.RenewRequest{LockId: lease.GetLockId(), ClientId: lease.GetClientId()})
+			cancel()
+			switch code := status.Code(err); {
+			case err == nil:
+				validUntil = sent.Add(ttl)
+			case workCtx.Err() != nil: // work is done
+				return
+			case code != codes.Unavailable && code != codes.DeadlineExceeded, time.Now().After(validUntil):
+				fmt.Printf("   %s: lease lost: %v\n", lease.GetClientId(), err)
+				lost()
+				return
+			}
+		}
+	}()
+	return work(workCtx, lease)
+}
+
+func run(addr string) error {
+	b := make([]byte, 6)
+	rand.Read(b)
+	suffix := hex.EncodeToString(b)
+	resource := "examples/go/" + suffix
+	request := func(clientID string) *lockdv1.AcquireRequest {
+		return &lockdv1.AcquireRequest{Resource: resource, Mode: lockdv1.LockMode_LOCK_MODE_EXCLUSIVE,
+			TtlMs: uint64(ttl.Milliseconds()), ClientId: clientID}
+	}
+	// Two connections: A and B stand for two separate processes.
+	// grpc-go 1.33 (Debian's) has no credentials/insecure package.
+	connA, err := grpc.Dial(addr, grpc.WithInsecure())
+	if err != nil {
+		return err
+	}
+	defer connA.Close()
+	connB, err := grpc.Dial(addr, grpc.WithInsecure())
+	if err != nil {
+		return err
+	}
+	defer connB.Close()
+	a, b2 := lockdv1.NewLockServiceClient(connA), lockdv1.NewLockServiceClient(connB)
+	fmt.Printf("connecting to %s; resource %q\n", addr, resource)
+
+	var storage Storage
+	var leaseA, leaseB *lockdv1.Lease
+	aHolds := make(chan struct{})
+	errs := make(chan error, 2)
+
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		errs <- withLock(ctx, a, request("example-go-a-"+suffix), nil, func(ctx context.Context, lease *lockdv1.Lease) error {
+			leaseA = lease
+			fmt.Printf("1. A granted, fencing token %d\n", lease.GetFencingToken())
+			if err := storage.Write(lease.GetFencingToken(), "A started"); err != nil {
+				return err
+			}
+			close(aHolds)
+			// Work for two ttls: only the renewals keep B out meanwhile.
+			select {
+			case <-time.After(2 * ttl):
+			case <-ctx.Done():
+				return errors.New("A lost its lease while working")
+			}
+			if err := storage.Write(lease.GetFencingToken(), "A done"); err != nil {
+				return err
+			}
+			fmt.Println("3. A worked for 2 x ttl and wrote again: the renewals kept its lease")
+			return nil
+		})
+	}()
+	select {
+	case <-aHolds:
+	case err := <-errs:
+		return err
+	}
+
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var positions []uint64
+		onQueued := func(q *lockdv1.Queued) {
+			positions = append(positions, q.GetPosition())
+			fmt.Printf("2. B queued: position=%d queue_length=%d\n", q.GetPosition(), q.GetQueueLength())
+		}
+		errs <- withLock(ctx, b2, request("example-go-b-"+suffix), onQueued, func(ctx context.Context, lease *lockdv1.Lease) error {
+			leaseB = lease
+			fmt.Printf("4. B granted, fencing token %d\n", lease.GetFencingToken())
+			if len(positions) == 0 || positions[0] != 0 {
+				return fmt.Errorf("B expected to be told position 0 first, got %v", positions)
+			}
+			if v := storage.Value(); v != "A done" {
+				return fmt.Errorf("B was granted before A finished: storage has %q", v)
+			}
+			return storage.Write(lease.GetFencingToken(), "B done")
+		})
+	}()
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+
+	if leaseB.GetFencingToken() <= leaseA.GetFencingToken() {
+		return fmt.Errorf("B's fencing token %d is not larger than A's %d", leaseB.GetFencingToken(), leaseA.GetFencingToken())
+	}
+	err = storage.Write(leaseA.GetFencingToken(), "A, late")
+	if err == nil {
+		return errors.New("storage accepted A's stale token")
+	}
+	fmt.Printf("5. a late write with A's token is rejected: %v\n", err)
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	// grpc-go 1.33 (Debian's) has no credentials/insecure package.
-	conn, err := grpc.DialContext(ctx, addr, grpc.WithInsecure(), grpc.WithBlock())
-	if err != nil {
-		fail("connect to %s: %v", addr, err)
+	if _, err := b2.GetLock(ctx, &lockdv1.GetLockRequest{LockId: leaseB.GetLockId()}); status.Code(err) != codes.NotFound {
+		return fmt.Errorf("GetLock after release: want NOT_FOUND, got %v", err)
 	}
-	return conn
-}
-
-func randomSuffix() string {
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		fail("random suffix: %v", err)
-	}
-	return hex.EncodeToString(b)
-}
-
-func leaseString(l *lockdv1.Lease) string {
-	return fmt.Sprintf("lock_id=%s fencing_token=%d mode=%s client_id=%s expires_at=%s renewal_count=%d",
-		l.GetLockId(), l.GetFencingToken(), l.GetMode(), l.GetClientId(),
-		l.GetExpiresAt().AsTime().Format(time.RFC3339Nano), l.GetRenewalCount())
+	fmt.Println("6. both released; GetLock on B's lock: NOT_FOUND")
+	return nil
 }
 
 func main() {
@@ -62,146 +268,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: lockd-example HOST:PORT")
 		os.Exit(2)
 	}
-	addr := os.Args[1]
-	suffix := randomSuffix()
-	resource := "examples/go/" + suffix
-	clientA := "example-go-a-" + suffix
-	clientB := "example-go-b-" + suffix
-
-	// Two connections: A and B stand for two separate processes.
-	connA, connB := dial(addr), dial(addr)
-	defer connA.Close()
-	defer connB.Close()
-	a := lockdv1.NewLockServiceClient(connA)
-	b := lockdv1.NewLockServiceClient(connB)
-	step("connected to %s; resource %q", addr, resource)
-
-	// 1. A acquires R exclusively; nobody holds it, so it must not wait.
-	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-	noWait := uint64(0)
-	acq, err := a.Acquire(ctx, &lockdv1.AcquireRequest{
-		Resource:      resource,
-		Mode:          lockdv1.LockMode_LOCK_MODE_EXCLUSIVE,
-		TtlMs:         10000,
-		WaitTimeoutMs: &noWait,
-		ClientId:      clientA,
-	})
-	cancel()
-	if err != nil {
-		fail("A Acquire: %v", err)
+	if err := run(os.Args[1]); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		os.Exit(1)
 	}
-	leaseA := acq.GetLease()
-	if leaseA.GetLockId() == "" || leaseA.GetResource() != resource || leaseA.GetClientId() != clientA {
-		fail("A Acquire returned an unexpected lease: %v", leaseA)
-	}
-	step("1. A acquired: %s", leaseString(leaseA))
-
-	// 2. B waits in line for R and must be told it is next, alone in the queue.
-	waitCtx, waitCancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer waitCancel()
-	waitTimeout := uint64(10000)
-	stream, err := b.WaitQueue(waitCtx, &lockdv1.AcquireRequest{
-		Resource:      resource,
-		Mode:          lockdv1.LockMode_LOCK_MODE_EXCLUSIVE,
-		TtlMs:         10000,
-		WaitTimeoutMs: &waitTimeout,
-		ClientId:      clientB,
-	})
-	if err != nil {
-		fail("B WaitQueue: %v", err)
-	}
-	ev, err := stream.Recv()
-	if err != nil {
-		fail("B WaitQueue first event: %v", err)
-	}
-	queued := ev.GetQueued()
-	if queued == nil {
-		fail("B WaitQueue: first event is not Queued: %v", ev)
-	}
-	step("2. B queued: position=%d queue_length=%d", queued.GetPosition(), queued.GetQueueLength())
-	if queued.GetPosition() != 0 || queued.GetQueueLength() != 1 {
-		fail("B expected position=0 queue_length=1, got position=%d queue_length=%d",
-			queued.GetPosition(), queued.GetQueueLength())
-	}
-
-	// 3. A releases; B's stream must then deliver Granted and end OK.
-	ctx, cancel = context.WithTimeout(context.Background(), rpcTimeout)
-	_, err = a.Release(ctx, &lockdv1.ReleaseRequest{LockId: leaseA.GetLockId(), ClientId: clientA})
-	cancel()
-	if err != nil {
-		fail("A Release: %v", err)
-	}
-	step("3. A released %s", leaseA.GetLockId())
-	var leaseB *lockdv1.Lease
-	for leaseB == nil {
-		ev, err = stream.Recv()
-		if err != nil {
-			fail("B WaitQueue: stream ended before Granted: %v", err)
-		}
-		switch e := ev.GetEvent().(type) {
-		case *lockdv1.WaitEvent_Queued:
-			// Updates may repeat, but the position never goes up.
-			if e.Queued.GetPosition() > queued.GetPosition() {
-				fail("B WaitQueue: position went up from %d to %d", queued.GetPosition(), e.Queued.GetPosition())
-			}
-			step("   B queued again: position=%d queue_length=%d", e.Queued.GetPosition(), e.Queued.GetQueueLength())
-		case *lockdv1.WaitEvent_Granted:
-			leaseB = e.Granted.GetLease()
-			if leaseB == nil {
-				fail("B WaitQueue: Granted without a lease")
-			}
-		default:
-			fail("B WaitQueue: unexpected event %v", ev)
-		}
-	}
-	step("   B granted: %s", leaseString(leaseB))
-	if ev, err = stream.Recv(); err != io.EOF {
-		fail("B WaitQueue: expected the stream to end OK after Granted, got event=%v err=%v", ev, err)
-	}
-	if leaseB.GetLockId() == "" || leaseB.GetResource() != resource || leaseB.GetClientId() != clientB {
-		fail("B's lease is not B's lease on %q: %v", resource, leaseB)
-	}
-
-	// 4. Fencing tokens strictly increase per resource.
-	if leaseB.GetFencingToken() <= leaseA.GetFencingToken() {
-		fail("B's fencing token %d is not larger than A's %d", leaseB.GetFencingToken(), leaseA.GetFencingToken())
-	}
-	step("4. fencing token grew: A=%d < B=%d", leaseA.GetFencingToken(), leaseB.GetFencingToken())
-
-	// 5. B renews with a longer ttl: expires_at moves forward, the count goes to 1.
-	ctx, cancel = context.WithTimeout(context.Background(), rpcTimeout)
-	ren, err := b.Renew(ctx, &lockdv1.RenewRequest{LockId: leaseB.GetLockId(), ClientId: clientB, TtlMs: 20000})
-	cancel()
-	if err != nil {
-		fail("B Renew: %v", err)
-	}
-	renewed := ren.GetLease()
-	before, after := leaseB.GetExpiresAt().AsTime(), renewed.GetExpiresAt().AsTime()
-	step("5. B renewed: %s", leaseString(renewed))
-	if !after.After(before) {
-		fail("expires_at did not move forward: before=%s after=%s", before, after)
-	}
-	if renewed.GetRenewalCount() != 1 {
-		fail("renewal_count = %d, want 1", renewed.GetRenewalCount())
-	}
-	if renewed.GetFencingToken() != leaseB.GetFencingToken() {
-		fail("Renew changed the fencing token from %d to %d", leaseB.GetFencingToken(), renewed.GetFencingToken())
-	}
-	step("   expires_at moved forward by %s; renewal_count=1", after.Sub(before))
-
-	// 6. B releases; the lease is then unknown.
-	ctx, cancel = context.WithTimeout(context.Background(), rpcTimeout)
-	_, err = b.Release(ctx, &lockdv1.ReleaseRequest{LockId: leaseB.GetLockId(), ClientId: clientB})
-	cancel()
-	if err != nil {
-		fail("B Release: %v", err)
-	}
-	ctx, cancel = context.WithTimeout(context.Background(), rpcTimeout)
-	got, err := b.GetLock(ctx, &lockdv1.GetLockRequest{LockId: leaseB.GetLockId()})
-	cancel()
-	if status.Code(err) != codes.NotFound {
-		fail("GetLock after Release: want NOT_FOUND, got lease=%v err=%v", got, err)
-	}
-	step("6. B released; GetLock now fails with NOT_FOUND: %s", status.Convert(err).Message())
-	step("OK: go example passed")
+	fmt.Println("OK: go example passed")
 }

@@ -1,13 +1,11 @@
 package io.lockd.example;
 
-import com.google.protobuf.Timestamp;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.lockd.v1.AcquireRequest;
 import io.lockd.v1.GetLockRequest;
-import io.lockd.v1.GetLockResponse;
 import io.lockd.v1.Lease;
 import io.lockd.v1.LockMode;
 import io.lockd.v1.LockServiceGrpc;
@@ -17,179 +15,252 @@ import io.lockd.v1.ReleaseRequest;
 import io.lockd.v1.RenewRequest;
 import io.lockd.v1.WaitEvent;
 import java.security.SecureRandom;
-import java.time.Duration;
-import java.time.Instant;
+import java.util.ArrayList;
 import java.util.Iterator;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
 
 /**
- * Runs one small scenario against a lockd daemon with stubs generated from
- * proto/lockd/v1/lock.proto: client A holds a lock, client B waits for it in line,
- * is granted it with a larger fencing token, renews it and releases it. Exits
- * non-zero on any unexpected answer.
+ * The pattern for using a lockd lock from Java, with stubs generated from
+ * proto/lockd/v1/lock.proto.
+ *
+ * <p>Two workers update one record in a tiny in-process "storage". Each waits in line with
+ * WaitQueue (retrying UNAVAILABLE with backoff within its deadline), renews its lease in the
+ * background every ttl/3 while it works, writes with its fencing token, and releases in a
+ * {@code finally}. The storage rejects a token lower than the last one it accepted. Worker A
+ * works for twice its ttl, so without the renewals B would be granted while A still writes.
+ * Exits non-zero on any unexpected answer.
  *
  * <p>Usage: java io.lockd.example.LockdExample HOST:PORT
  */
 public final class LockdExample {
+  private static final long TTL_MS = 1500;
   private static final long RPC_TIMEOUT_MS = 5000;
 
-  /** An answer the scenario did not expect. */
-  private static final class ExampleFailure extends RuntimeException {
+  /** An answer the example did not expect. */
+  static final class ExampleFailure extends RuntimeException {
     ExampleFailure(String message) {
       super(message);
     }
   }
 
-  private static void check(boolean cond, String message) {
+  static void check(boolean cond, String message) {
     if (!cond) {
       throw new ExampleFailure(message);
     }
   }
 
-  private static Instant instant(Timestamp t) {
-    return Instant.ofEpochSecond(t.getSeconds(), t.getNanos());
+  /** A write with a fencing token lower than one already accepted. */
+  static final class StaleToken extends RuntimeException {
+    StaleToken(String message) {
+      super(message);
+    }
   }
 
-  private static String describe(Lease l) {
-    return "lock_id=" + l.getLockId()
-        + " fencing_token=" + Long.toUnsignedString(l.getFencingToken())
-        + " mode=" + l.getMode()
-        + " client_id=" + l.getClientId()
-        + " expires_at=" + instant(l.getExpiresAt())
-        + " renewal_count=" + Integer.toUnsignedString(l.getRenewalCount());
+  /**
+   * Stands for the resource the lock protects: it accepts a write only with a fencing token at
+   * least as large as the last one it accepted.
+   */
+  static final class Storage {
+    private long lastToken;
+    private String value;
+
+    synchronized void write(long token, String v) {
+      if (Long.compareUnsigned(token, lastToken) < 0) {
+        throw new StaleToken("token " + Long.toUnsignedString(token)
+            + " < last accepted " + Long.toUnsignedString(lastToken));
+      }
+      lastToken = token;
+      value = v;
+    }
+
+    synchronized String value() {
+      return value;
+    }
   }
 
-  private static LockServiceBlockingStub stub(ManagedChannel channel) {
+  /**
+   * Waits in line for a lease until {@code deadlineNanos} (System.nanoTime()), retrying
+   * UNAVAILABLE (a Redis blip, a daemon restart) with exponential backoff and jitter.
+   */
+  static Lease acquire(ManagedChannel channel, AcquireRequest req, long deadlineNanos,
+      Consumer<Queued> onQueued) throws InterruptedException {
+    long backoffMs = 100;
+    while (true) {
+      long leftMs = TimeUnit.NANOSECONDS.toMillis(deadlineNanos - System.nanoTime());
+      check(leftMs > 0, req.getClientId() + " not granted before the deadline");
+      try {
+        Iterator<WaitEvent> events = LockServiceGrpc.newBlockingStub(channel)
+            .withDeadlineAfter(leftMs + RPC_TIMEOUT_MS, TimeUnit.MILLISECONDS)
+            .waitQueue(req.toBuilder().setWaitTimeoutMs(leftMs).build());
+        while (events.hasNext()) {
+          WaitEvent event = events.next();
+          if (event.hasQueued()) {
+            onQueued.accept(event.getQueued());
+          } else if (event.hasGranted()) {
+            return event.getGranted().getLease();
+          }
+        }
+        throw new ExampleFailure("WaitQueue ended without Granted");
+      } catch (StatusRuntimeException e) {
+        if (e.getStatus().getCode() != Status.Code.UNAVAILABLE) {
+          throw e;
+        }
+        System.out.println("   " + req.getClientId() + ": UNAVAILABLE, retrying in " + backoffMs + " ms");
+        Thread.sleep(ThreadLocalRandom.current().nextLong(backoffMs / 2, backoffMs + 1));
+        backoffMs = Math.min(backoffMs * 2, 2000);
+      }
+    }
+  }
+
+  /** The work done while holding a lease; {@code lost} counts down if the lease is lost. */
+  interface Work {
+    void run(Lease lease, CountDownLatch lost) throws Exception;
+  }
+
+  /**
+   * Holds a lease while work runs: renewed every ttl/3, released however work ends. The lease
+   * counts as lost on NOT_FOUND and the like, or when no renewal succeeded for a whole ttl.
+   */
+  static void withLock(ManagedChannel channel, AcquireRequest req, long deadlineNanos,
+      Consumer<Queued> onQueued, Work work) throws Exception {
+    Lease lease = acquire(channel, req, deadlineNanos, onQueued);
+    CountDownLatch lost = new CountDownLatch(1);
+    ScheduledExecutorService renewer = Executors.newSingleThreadScheduledExecutor();
+    long[] validUntil = {System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(TTL_MS)};
+    renewer.scheduleAtFixedRate(() -> {
+      long sent = System.nanoTime();
+      try {
+        LockServiceGrpc.newBlockingStub(channel)
+            .withDeadlineAfter(TTL_MS / 3, TimeUnit.MILLISECONDS)
+            .renew(RenewRequest.newBuilder()
+                .setLockId(lease.getLockId()).setClientId(lease.getClientId()).build());
+        validUntil[0] = sent + TimeUnit.MILLISECONDS.toNanos(TTL_MS);
+      } catch (StatusRuntimeException e) {
+        Status.Code code = e.getStatus().getCode();
+        boolean retryable = code == Status.Code.UNAVAILABLE || code == Status.Code.DEADLINE_EXCEEDED;
+        if (!retryable || System.nanoTime() - validUntil[0] > 0) {
+          System.out.println("   " + lease.getClientId() + ": lease lost: " + e.getStatus());
+          lost.countDown();
+          renewer.shutdown();
+        }
+      }
+    }, TTL_MS / 3, TTL_MS / 3, TimeUnit.MILLISECONDS);
+    try {
+      work.run(lease, lost);
+    } finally {
+      renewer.shutdown(); // a renewal under way finishes, no new one starts
+      renewer.awaitTermination(RPC_TIMEOUT_MS, TimeUnit.MILLISECONDS);
+      try {
+        stub(channel).release(ReleaseRequest.newBuilder()
+            .setLockId(lease.getLockId()).setClientId(lease.getClientId()).build());
+      } catch (StatusRuntimeException e) {
+        // NOT_FOUND: it expired already. Otherwise the ttl ends it anyway.
+        System.out.println("   release " + lease.getLockId() + ": " + e.getStatus());
+      }
+    }
+  }
+
+  static LockServiceBlockingStub stub(ManagedChannel channel) {
     return LockServiceGrpc.newBlockingStub(channel)
         .withDeadlineAfter(RPC_TIMEOUT_MS, TimeUnit.MILLISECONDS);
   }
 
-  private static String randomSuffix() {
-    byte[] b = new byte[6];
-    new SecureRandom().nextBytes(b);
-    StringBuilder sb = new StringBuilder();
-    for (byte x : b) {
-      sb.append(String.format("%02x", x));
-    }
-    return sb.toString();
+  static long deadlineIn(long seconds) {
+    return System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
   }
 
-  private static void run(String addr) throws InterruptedException {
-    String suffix = randomSuffix();
+  static void run(String addr) throws Exception {
+    byte[] b = new byte[6];
+    new SecureRandom().nextBytes(b);
+    StringBuilder suffix = new StringBuilder();
+    for (byte x : b) {
+      suffix.append(String.format("%02x", x));
+    }
     String resource = "examples/java/" + suffix;
-    String clientA = "example-java-a-" + suffix;
-    String clientB = "example-java-b-" + suffix;
+    AcquireRequest base = AcquireRequest.newBuilder()
+        .setResource(resource).setMode(LockMode.LOCK_MODE_EXCLUSIVE).setTtlMs(TTL_MS).build();
+    AcquireRequest reqA = base.toBuilder().setClientId("example-java-a-" + suffix).build();
+    AcquireRequest reqB = base.toBuilder().setClientId("example-java-b-" + suffix).build();
 
     // Two channels: A and B stand for two separate processes.
     ManagedChannel chanA = ManagedChannelBuilder.forTarget(addr).usePlaintext().build();
     ManagedChannel chanB = ManagedChannelBuilder.forTarget(addr).usePlaintext().build();
+    Storage storage = new Storage();
+    Lease[] leases = new Lease[2];
+    CountDownLatch aHolds = new CountDownLatch(1);
+    ExecutorService workers = Executors.newFixedThreadPool(2);
     try {
       System.out.println("connecting to " + addr + "; resource \"" + resource + "\"");
-
-      // 1. A acquires R exclusively; nobody holds it, so it must not wait.
-      Lease leaseA = stub(chanA).acquire(AcquireRequest.newBuilder()
-          .setResource(resource)
-          .setMode(LockMode.LOCK_MODE_EXCLUSIVE)
-          .setTtlMs(10000)
-          .setWaitTimeoutMs(0)
-          .setClientId(clientA)
-          .build()).getLease();
-      check(!leaseA.getLockId().isEmpty() && leaseA.getResource().equals(resource)
-          && leaseA.getClientId().equals(clientA),
-          "A Acquire returned an unexpected lease: " + leaseA);
-      System.out.println("1. A acquired: " + describe(leaseA));
-
-      // 2. B waits in line for R and must be told it is next, alone in the queue.
-      Iterator<WaitEvent> stream = LockServiceGrpc.newBlockingStub(chanB)
-          .withDeadlineAfter(15, TimeUnit.SECONDS)
-          .waitQueue(AcquireRequest.newBuilder()
-              .setResource(resource)
-              .setMode(LockMode.LOCK_MODE_EXCLUSIVE)
-              .setTtlMs(10000)
-              .setWaitTimeoutMs(10000)
-              .setClientId(clientB)
-              .build());
-      check(stream.hasNext(), "WaitQueue ended without any event");
-      WaitEvent event = stream.next();
-      check(event.getEventCase() == WaitEvent.EventCase.QUEUED,
-          "first WaitQueue event is not Queued: " + event);
-      Queued queued = event.getQueued();
-      System.out.println("2. B queued: position=" + queued.getPosition()
-          + " queue_length=" + queued.getQueueLength());
-      check(queued.getPosition() == 0 && queued.getQueueLength() == 1,
-          "B expected position=0 queue_length=1, got position=" + queued.getPosition()
-              + " queue_length=" + queued.getQueueLength());
-
-      // 3. A releases; B's stream must then deliver Granted and end OK.
-      stub(chanA).release(ReleaseRequest.newBuilder()
-          .setLockId(leaseA.getLockId()).setClientId(clientA).build());
-      System.out.println("3. A released " + leaseA.getLockId());
-      Lease leaseB = null;
-      while (leaseB == null) {
-        check(stream.hasNext(), "WaitQueue ended before Granted");
-        event = stream.next();
-        switch (event.getEventCase()) {
-          case QUEUED:
-            // Updates may repeat, but the position never goes up.
-            check(Long.compareUnsigned(event.getQueued().getPosition(), queued.getPosition()) <= 0,
-                "position went up from " + queued.getPosition() + " to "
-                    + event.getQueued().getPosition());
-            System.out.println("   B queued again: position=" + event.getQueued().getPosition()
-                + " queue_length=" + event.getQueued().getQueueLength());
-            break;
-          case GRANTED:
-            check(event.getGranted().hasLease(), "Granted without a lease");
-            leaseB = event.getGranted().getLease();
-            break;
-          default:
-            throw new ExampleFailure("unexpected WaitQueue event: " + event);
+      Future<?> a = workers.submit(() -> {
+        try {
+          withLock(chanA, reqA, deadlineIn(10), q -> { }, (lease, lost) -> {
+            leases[0] = lease;
+            System.out.println("1. A granted, fencing token " + lease.getFencingToken());
+            storage.write(lease.getFencingToken(), "A started");
+            aHolds.countDown();
+            // Work for two ttls: only the renewals keep B out meanwhile.
+            check(!lost.await(2 * TTL_MS, TimeUnit.MILLISECONDS), "A lost its lease while working");
+            storage.write(lease.getFencingToken(), "A done");
+            System.out.println("3. A worked for 2 x ttl and wrote again: the renewals kept its lease");
+          });
+        } finally {
+          aHolds.countDown();
         }
-      }
-      System.out.println("   B granted: " + describe(leaseB));
-      // hasNext() throws StatusRuntimeException unless the stream ends OK.
-      check(!stream.hasNext(), "events after Granted: " + (stream.hasNext() ? stream.next() : ""));
-      check(!leaseB.getLockId().isEmpty() && leaseB.getResource().equals(resource)
-          && leaseB.getClientId().equals(clientB),
-          "B's lease is not B's lease on " + resource + ": " + leaseB);
-
-      // 4. Fencing tokens strictly increase per resource.
-      check(Long.compareUnsigned(leaseB.getFencingToken(), leaseA.getFencingToken()) > 0,
-          "B's fencing token " + Long.toUnsignedString(leaseB.getFencingToken())
-              + " is not larger than A's " + Long.toUnsignedString(leaseA.getFencingToken()));
-      System.out.println("4. fencing token grew: A=" + Long.toUnsignedString(leaseA.getFencingToken())
-          + " < B=" + Long.toUnsignedString(leaseB.getFencingToken()));
-
-      // 5. B renews with a longer ttl: expires_at moves forward, the count goes to 1.
-      Lease renewed = stub(chanB).renew(RenewRequest.newBuilder()
-          .setLockId(leaseB.getLockId()).setClientId(clientB).setTtlMs(20000).build()).getLease();
-      System.out.println("5. B renewed: " + describe(renewed));
-      Instant before = instant(leaseB.getExpiresAt());
-      Instant after = instant(renewed.getExpiresAt());
-      check(after.isAfter(before),
-          "expires_at did not move forward: before=" + before + " after=" + after);
-      check(renewed.getRenewalCount() == 1,
-          "renewal_count = " + Integer.toUnsignedString(renewed.getRenewalCount()) + ", want 1");
-      check(renewed.getFencingToken() == leaseB.getFencingToken(),
-          "Renew changed the fencing token from " + leaseB.getFencingToken() + " to "
-              + renewed.getFencingToken());
-      System.out.println("   expires_at moved forward by " + Duration.between(before, after)
-          + "; renewal_count=1");
-
-      // 6. B releases; the lease is then unknown.
-      stub(chanB).release(ReleaseRequest.newBuilder()
-          .setLockId(leaseB.getLockId()).setClientId(clientB).build());
+        return null;
+      });
+      aHolds.await(10, TimeUnit.SECONDS);
+      List<Long> positions = new ArrayList<>();
+      Consumer<Queued> onQueued = q -> {
+        positions.add(q.getPosition());
+        System.out.println("2. B queued: position=" + q.getPosition()
+            + " queue_length=" + q.getQueueLength());
+      };
+      Future<?> bDone = workers.submit(() -> {
+        withLock(chanB, reqB, deadlineIn(10), onQueued, (lease, lost) -> {
+          leases[1] = lease;
+          System.out.println("4. B granted, fencing token " + lease.getFencingToken());
+          check(!positions.isEmpty() && positions.get(0) == 0,
+              "B expected to be told position 0 first, got " + positions);
+          check("A done".equals(storage.value()),
+              "B was granted before A finished: storage has " + storage.value());
+          storage.write(lease.getFencingToken(), "B done");
+        });
+        return null;
+      });
       try {
-        GetLockResponse got = stub(chanB).getLock(
-            GetLockRequest.newBuilder().setLockId(leaseB.getLockId()).build());
-        throw new ExampleFailure("GetLock after Release: want NOT_FOUND, got lease " + got.getLease());
+        a.get();
+        bDone.get();
+      } catch (ExecutionException e) {
+        throw e.getCause() instanceof Exception ? (Exception) e.getCause() : e;
+      }
+
+      check(Long.compareUnsigned(leases[1].getFencingToken(), leases[0].getFencingToken()) > 0,
+          "B's fencing token is not larger than A's");
+      try {
+        storage.write(leases[0].getFencingToken(), "A, late");
+        throw new ExampleFailure("storage accepted A's stale token");
+      } catch (StaleToken e) {
+        System.out.println("5. a late write with A's token is rejected: " + e.getMessage());
+      }
+      try {
+        stub(chanB).getLock(GetLockRequest.newBuilder().setLockId(leases[1].getLockId()).build());
+        throw new ExampleFailure("B's lock is still live after release");
       } catch (StatusRuntimeException e) {
-        Status s = e.getStatus();
-        check(s.getCode() == Status.Code.NOT_FOUND,
-            "GetLock after Release: want NOT_FOUND, got " + s.getCode() + ": " + s.getDescription());
-        System.out.println("6. B released; GetLock now fails with " + s.getCode() + ": "
-            + s.getDescription());
+        check(e.getStatus().getCode() == Status.Code.NOT_FOUND,
+            "GetLock after release: " + e.getStatus());
+        System.out.println("6. both released; GetLock on B's lock: NOT_FOUND");
       }
     } finally {
+      workers.shutdownNow();
       chanA.shutdownNow();
       chanB.shutdownNow();
       chanA.awaitTermination(5, TimeUnit.SECONDS);
@@ -198,20 +269,20 @@ public final class LockdExample {
     System.out.println("OK: java example passed");
   }
 
-  public static void main(String[] args) throws InterruptedException {
+  public static void main(String[] args) throws Exception {
     if (args.length != 1) {
       System.err.println("usage: LockdExample HOST:PORT");
       System.exit(2);
     }
     try {
       run(args[0]);
-    } catch (ExampleFailure e) {
+    } catch (ExampleFailure | StaleToken e) {
       System.err.println("FAIL: " + e.getMessage());
       System.exit(1);
     } catch (StatusRuntimeException e) {
-      System.err.println("FAIL: RPC failed: " + e.getStatus().getCode() + ": "
-          + e.getStatus().getDescription());
+      System.err.println("FAIL: RPC failed: " + e.getStatus());
       System.exit(1);
     }
+    System.exit(0);
   }
 }
