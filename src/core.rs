@@ -24,20 +24,28 @@ const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
 /// Whether this daemon serves: decided in one place (the health watcher),
 /// reported by gRPC health and REST `/health` alike.
 pub struct Health {
-    reporter: HealthReporter,
+    /// Held while a change is applied, so that both endpoints always end up
+    /// with the same, last, status.
+    reporter: tokio::sync::Mutex<HealthReporter>,
     serving: AtomicBool,
+    /// Set at shutdown: from then on nothing turns health back on.
+    stopping: AtomicBool,
 }
 
 impl Health {
     pub fn new(reporter: HealthReporter) -> Health {
         Health {
-            reporter,
+            reporter: tokio::sync::Mutex::new(reporter),
             serving: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
-    /// Sets the status both health endpoints report.
+    /// Sets the status both health endpoints report; after [`Health::stop`]
+    /// only NOT_SERVING.
     pub async fn set(&self, serving: bool) {
+        let reporter = self.reporter.lock().await;
+        let serving = serving && !self.stopping.load(Ordering::SeqCst);
         self.serving.store(serving, Ordering::SeqCst);
         let status = if serving {
             ServingStatus::Serving
@@ -45,8 +53,14 @@ impl Health {
             ServingStatus::NotServing
         };
         for service in HEALTH_SERVICES {
-            self.reporter.set_service_status(service, status).await;
+            reporter.set_service_status(service, status).await;
         }
+    }
+
+    /// NOT_SERVING for good: the daemon is shutting down.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.set(false).await;
     }
 
     pub fn is_serving(&self) -> bool {

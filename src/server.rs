@@ -130,7 +130,7 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down");
             background.cancel();
-            health.set(false).await;
+            health.stop().await;
             stop.cancel();
         }
     };

@@ -708,6 +708,10 @@ impl Ticket {
 
     /// Leaves the queue now (releasing a grant that raced with this), so the
     /// caller's error is sent only once the request is out of line.
+    ///
+    /// The leave runs as a task of its own, so that a caller that stops
+    /// waiting for it (a client whose call was cancelled meanwhile) cannot
+    /// cut it short: it still retries until it succeeds.
     pub async fn leave(mut self) {
         if self.registered {
             self.waiters.forget(&self.resource, &self.secret);
@@ -715,14 +719,18 @@ impl Ticket {
         }
         self.delivered = true;
         let waiters = Arc::clone(&self.waiters);
-        waiters
-            .leave_now(
-                std::mem::take(&mut self.resource),
-                std::mem::take(&mut self.secret),
-                self.outcome_unknown,
-                Instant::now(),
-            )
-            .await;
+        let (resource, secret) = (
+            std::mem::take(&mut self.resource),
+            std::mem::take(&mut self.secret),
+        );
+        let outcome_unknown = self.outcome_unknown;
+        let leave = self.waiters.tasks.spawn(async move {
+            waiters
+                .leave_now(resource, secret, outcome_unknown, Instant::now())
+                .await;
+        });
+        // A join error means the task panicked or was aborted at shutdown.
+        let _ = leave.await;
     }
 
     /// The lease reached the client's call: nothing to undo any more.

@@ -504,8 +504,12 @@ async fn many_leases_ending_at_once_are_ended_in_bounded_steps() {
             .map(|(spec, secret)| store.acquire(spec, secret, &me, 0)),
     )
     .await;
+    let mut last = None;
     for (granted, _) in grants {
-        assert!(matches!(granted, Ok(AcquireOutcome::Granted(_))));
+        let Ok(AcquireOutcome::Granted(lease)) = granted else {
+            panic!("{granted:?}");
+        };
+        last = Some(lease);
     }
     assert!(
         filling.elapsed() < Duration::from_millis(2_500),
@@ -527,6 +531,12 @@ async fn many_leases_ending_at_once_are_ended_in_bounded_steps() {
         matches!(writer, Ok(AcquireOutcome::Busy)),
         "expired leases not yet ended still hold: {writer:?}"
     );
+    // An expired lease the sweep has not reached yet is not served: renewing
+    // it ends it instead.
+    let last = last.expect("a lease");
+    let lock = lockd_core::LockId::parse(&last.lock_id).unwrap();
+    let (renewed, _) = store.renew(&lock, &last.client_id, None, &me).await;
+    assert_eq!(renewed.unwrap_err(), lockd_core::LockError::NotFound);
     for _ in 0..5 {
         store.reap(&me).await.unwrap();
     }
@@ -540,4 +550,37 @@ async fn many_leases_ending_at_once_are_ended_in_bounded_steps() {
         matches!(writer, Ok(AcquireOutcome::Granted(_))),
         "{writer:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_end_without_its_record_does_not_hold_the_resource() {
+    let server = RedisServer::start();
+    let prefix = unique("stray");
+    let store = store(&server, &prefix).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    // An operator deleted a holder record but not its entry in the expiry index.
+    let keys = store.namespace().resource("r");
+    let mut conn = server.connection();
+    let _: () = redis::cmd("ZADD")
+        .arg(&keys.expiries)
+        .arg(1)
+        .arg("gone-secret")
+        .query(&mut conn)
+        .unwrap();
+    let (granted, _) = store
+        .acquire(&exclusive("r", "a", 0), &secret(), &me, 0)
+        .await;
+    assert!(
+        matches!(granted, Ok(AcquireOutcome::Granted(_))),
+        "{granted:?}"
+    );
+    let stray: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&keys.expiries)
+        .arg("gone-secret")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(stray, None, "the stray entry is dropped");
 }

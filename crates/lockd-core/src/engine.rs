@@ -260,6 +260,17 @@ impl Resource {
         }
     }
 
+    /// Ends `secret`'s lease if it expired but the sweep has not reached it
+    /// (the sweep ends at most [`EXPIRE_LIMIT`]), so no rule serves it.
+    fn expire_if_due(&mut self, secret: &str, now: Now, effects: &mut Effects) {
+        if let Some(h) = self.holders.get(secret)
+            && h.expires_ms <= now.ms
+        {
+            let held_ms = h.expires_ms.saturating_sub(h.acquired_ms);
+            self.end_hold(secret, HoldEnd::Expired, held_ms, effects);
+        }
+    }
+
     /// Whether a request in `mode` may join the current holders.
     fn admits(&self, mode: LockMode) -> bool {
         self.holders
@@ -335,6 +346,7 @@ impl Resource {
             .collect();
         for secret in mine {
             self.inbox.remove(&secret);
+            self.expire_if_due(&secret, now, effects);
             if let Some(h) = self.holders.get(&secret) {
                 effects
                     .my_grants
@@ -506,8 +518,14 @@ impl Engine {
                         r.remove_entry(s, effects);
                         WaiterState::Gone
                     }
-                    None if r.holders.contains_key(s) => WaiterState::Granted,
-                    None => WaiterState::Gone,
+                    None => {
+                        r.expire_if_due(s, now, effects);
+                        if r.holders.contains_key(s) {
+                            WaiterState::Granted
+                        } else {
+                            WaiterState::Gone
+                        }
+                    }
                 };
                 states.push(state);
             }
@@ -535,6 +553,7 @@ impl Engine {
                 r.remove_entry(secret, effects);
                 return Ok(LeaveOutcome::Left);
             }
+            r.expire_if_due(secret, now, effects);
             if let Some(h) = r.holders.get(secret) {
                 let held_ms = now.ms.saturating_sub(h.acquired_ms);
                 r.end_hold(secret, HoldEnd::Abandoned, held_ms, effects);
@@ -561,6 +580,7 @@ impl Engine {
         caller: &Caller<'_>,
     ) -> Outcome<Lease> {
         self.with_resource(now, &lock.resource, caller, |r, _, effects| {
+            r.expire_if_due(&lock.secret, now, effects);
             let h = r.holders.get(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
                 return Err(LockError::NotOwner);
@@ -581,7 +601,8 @@ impl Engine {
         ttl_ms: Option<u64>,
         caller: &Caller<'_>,
     ) -> Outcome<Lease> {
-        self.with_resource(now, &lock.resource, caller, |r, _, _| {
+        self.with_resource(now, &lock.resource, caller, |r, _, effects| {
+            r.expire_if_due(&lock.secret, now, effects);
             let h = r.holders.get_mut(&lock.secret).ok_or(LockError::NotFound)?;
             if h.client_id != client_id {
                 return Err(LockError::NotOwner);

@@ -208,6 +208,32 @@ local function next_token()
   return floor
 end
 
+-- Drops a member of E that has no holder record (an operator deleted the
+-- record, say): left there, it would hold the resource, and keep it due, for ever.
+local function forget_holder(secret)
+  if redis.call('ZREM', E, secret) == 1 then
+    nholders = nholders - 1
+  end
+  holders[secret] = false
+end
+
+-- How long `h` has been held; never negative, should the clock step back.
+local function held_since(h)
+  return math.max(0, now - h.acq)
+end
+
+-- The holder of `secret` if its lease is live. One that ended but was not
+-- swept yet (the sweep ends at most EXPIRE_LIMIT per script) is ended now,
+-- so that no rule serves an expired lease.
+local function live_holder(secret)
+  local h = holder(secret)
+  if h and h.exp <= now then
+    end_hold(secret, 'x', h.exp - h.acq)
+    return nil
+  end
+  return h
+end
+
 -- Stores `h`; `new` says no holder of `secret` exists yet (a grant).
 local function put_holder(secret, h, new)
   if new then
@@ -231,7 +257,7 @@ end
 
 -- The lease `secret` if `client` holds it; otherwise nil and the status to answer.
 local function owned(secret, client)
-  local h = holder(secret)
+  local h = live_holder(secret)
   if not h then
     return nil, 'not_found'
   end
@@ -254,8 +280,15 @@ local function admits(mode)
     return true
   end
   local only = redis.call('ZRANGE', E, 0, 0)[1]
-  local h = only and holder(only)
-  return h == nil or SHARED[h.mode] == true
+  local h = only and live_holder(only)
+  if not h then
+    if only and holders[only] == false and nholders == 1 then
+      forget_holder(only)
+    end
+    -- It had ended (or had no record): look again without it.
+    return nholders == 0 or admits(mode)
+  end
+  return SHARED[h.mode] == true
 end
 
 -- Work promote did in this script, across its calls, and whether a step
@@ -271,6 +304,8 @@ local function sweep()
       local h = holder(expired[i])
       if h then
         end_hold(expired[i], 'x', h.exp - h.acq)
+      else
+        forget_holder(expired[i])
       end
     end
     if #expired > EXPIRE_LIMIT then
@@ -298,7 +333,7 @@ local function sweep()
       redis.call('HDEL', G, secret)
       local h = holder(secret)
       if h then
-        end_hold(secret, 'a', now - h.acq)
+        end_hold(secret, 'a', held_since(h))
       end
     end
   end
@@ -350,7 +385,7 @@ local function finish(me, status, payload)
     if id == me then
       inbox[secret] = nil
       redis.call('HDEL', G, secret)
-      local h = holder(secret)
+      local h = live_holder(secret)
       if h then
         mine[#mine + 1] = secret
         mine[#mine + 1] = fmt_holder(h)

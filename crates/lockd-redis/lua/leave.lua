@@ -11,9 +11,9 @@ if seq then
   remove_entry(secret, raw and parse_waiter(raw), tonumber(seq))
   return finish(me, 'left')
 end
-local h = holder(secret)
+local h = live_holder(secret)
 if h then
-  end_hold(secret, 'a', now - h.acq)
+  end_hold(secret, 'a', held_since(h))
   return finish(me, 'released')
 end
 if unknown == '1' then

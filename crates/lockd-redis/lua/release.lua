@@ -7,5 +7,5 @@ if not h then
   return finish(me, refused)
 end
 local record = fmt_holder(h)
-end_hold(secret, 'r', now - h.acq)
+end_hold(secret, 'r', held_since(h))
 return finish(me, 'ok', record)

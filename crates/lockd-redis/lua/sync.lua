@@ -28,7 +28,7 @@ for i = A + 2, #ARGV do
     states[#states + 1] = rank
   elseif redis.call('ZSCORE', Q, secret) then
     -- removed just above as an entry from before this daemon's death
-  elseif holder(secret) then
+  elseif live_holder(secret) then
     states[#states + 1] = -1
   else
     states[#states + 1] = -2

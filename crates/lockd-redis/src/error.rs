@@ -28,6 +28,15 @@ pub enum StoreError {
          delete the keys matching '{pattern}', then start again, or use another --key-prefix"
     )]
     PreviousLayout { key: String, pattern: String },
+    /// The prefix is marked with a key layout this daemon does not know: a
+    /// newer lockd uses it.
+    #[error(
+        "redis holds lock state of key layout {found} under this prefix, which this lockd \
+         does not know (it writes layout {}); run the lockd version that wrote it, or use \
+         another --key-prefix",
+        crate::keys::LAYOUT_VERSION
+    )]
+    OtherLayout { found: String },
     /// Redis may evict keys, and an evicted lease or queue is a lost lock.
     #[error(
         "redis maxmemory-policy is {policy}, which evicts lock state; set it to \

@@ -507,8 +507,14 @@ async fn check_layout(ns: &Namespace, lanes: &Lanes) -> Result<(), StoreError> {
     let marker: Option<String> = lanes
         .bounded(redis::cmd("GET").arg(ns.layout()).query_async(&mut conn))
         .await?;
-    if marker.as_deref() == Some(crate::keys::LAYOUT_VERSION) {
-        return Ok(());
+    match marker.as_deref() {
+        Some(crate::keys::LAYOUT_VERSION) => return Ok(()),
+        Some(other) => {
+            return Err(StoreError::OtherLayout {
+                found: other.to_owned(),
+            });
+        }
+        None => {}
     }
     let old = ns.previous_layout_stats();
     let found: bool = lanes
@@ -518,14 +524,18 @@ async fn check_layout(ns: &Namespace, lanes: &Lanes) -> Result<(), StoreError> {
         let pattern = old.replace("{stats}", "*");
         return Err(StoreError::PreviousLayout { key: old, pattern });
     }
-    lanes
+    // NX: a daemon of another layout that marked the prefix meanwhile wins,
+    // and this one refuses on its next start.
+    let _: Value = lanes
         .bounded(
             redis::cmd("SET")
                 .arg(ns.layout())
                 .arg(crate::keys::LAYOUT_VERSION)
-                .query_async::<()>(&mut conn),
+                .arg("NX")
+                .query_async(&mut conn),
         )
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Refuses a Redis that may evict any key. Volatile policies evict only keys
