@@ -1,9 +1,15 @@
-//! The daemon's configuration: flags, each with a `LOCKD_*` environment variable.
+//! The daemon's configuration: flags, `LOCKD_*` environment variables and a TOML file, in that order.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::{BoolishValueParser, Resettable};
+use clap::error::ErrorKind;
+use clap::{ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use lockd_core::Limits;
 
 use crate::error::DaemonError;
@@ -30,8 +36,9 @@ pub struct Config {
     pub redis_url: String,
 
     /// Serve the same API from process memory instead of Redis (one daemon,
-    /// state lost on exit): for a first try and for tests.
-    #[arg(long, env = "LOCKD_DEV")]
+    /// state lost on exit): for a first try and for tests. The variable takes
+    /// 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "LOCKD_DEV", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub dev: bool,
 
     /// Prefix of every Redis key, so that several deployments can share one Redis.
@@ -63,8 +70,15 @@ pub struct Config {
     pub max_queue: u64,
 
     /// Keep a per-client index of leases in Redis for ListHeld (about 180
-    /// bytes per held lease). Off: ListHeld answers UNIMPLEMENTED.
-    #[arg(long, env = "LOCKD_LIST_HELD_INDEX", default_value_t = true, action = clap::ArgAction::Set)]
+    /// bytes per held lease). Off: ListHeld answers UNIMPLEMENTED. Takes
+    /// 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        env = "LOCKD_LIST_HELD_INDEX",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
+    )]
     pub list_held_index: bool,
 
     /// Bound on every Redis call; past it the call fails with UNAVAILABLE.
@@ -87,9 +101,128 @@ pub struct Config {
     /// How long shutdown waits for in-flight work.
     #[arg(long, env = "LOCKD_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Log format: text for people, json (one object per line, with every
+    /// tracing field) for log pipelines. Text is coloured only when stderr,
+    /// where logs go, is a terminal and NO_COLOR is unset.
+    #[arg(long, env = "LOCKD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Least severe level logged: error, warn, info, debug, trace, or filter
+    /// directives such as `info,lockd=debug`. RUST_LOG, when set, wins over it.
+    #[arg(long, env = "LOCKD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+
+    /// TOML file of settings: keys are flag names without `--` (`redis_url`
+    /// or `redis-url`), values as the flags take them. Flags and LOCKD_*
+    /// variables override it.
+    #[arg(long, env = "LOCKD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration, print it as TOML (secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments a config file may not set: one names the file itself, the others
+/// are actions of one invocation rather than settings.
+const NOT_IN_FILE: [&str; 4] = ["config", "print_config", "help", "version"];
+
 impl Config {
+    /// The configuration of this process: its arguments, its environment and
+    /// the file `--config` names. Errors are clap's, so callers report them
+    /// with [`clap::Error::exit`] like any bad flag (status 2; 0 for --help).
+    pub fn load() -> Result<Config, clap::Error> {
+        Config::try_load_from(std::env::args_os())
+    }
+
+    /// [`Config::load`] with the given arguments, the first being the binary name.
+    pub fn try_load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Config::command();
+        // A first pass only to find the file: it may itself come from a flag
+        // or from LOCKD_CONFIG.
+        let first = command.try_get_matches_from_mut(&args)?;
+        let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+            return from_matches(&mut command, &first);
+        };
+        // File values become the arguments' defaults, so that clap's own order
+        // (flag, then variable, then default) puts the file below both. On a
+        // fresh command: a parsed one has indexed its arguments, and mut_arg
+        // would leave that index pointing at the wrong ones.
+        let values = file_values(&command, &path)?;
+        let mut command = Config::command();
+        for (id, value) in values {
+            command = command.mut_arg(id, |arg| arg.default_value(value));
+        }
+        let matches = command.try_get_matches_from_mut(&args)?;
+        from_matches(&mut command, &matches)
+    }
+
+    /// The effective configuration as a config file would state it, with the
+    /// Redis password masked; reading it back gives the same configuration.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in self.settings() {
+            // TOML has no null: an unset optional setting shows as a comment.
+            let _ = match value {
+                Some(value) => writeln!(out, "{key} = {value}"),
+                None => writeln!(out, "# {key} is not set"),
+            };
+        }
+        out
+    }
+
+    /// Every setting a file may hold, in flag order, as TOML values.
+    fn settings(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+        let text = |s: &str| Some(toml::Value::String(s.to_owned()));
+        let duration = |d: Duration| Some(toml::Value::String(show(d)));
+        let int = |n: u64| Some(toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+        let log_format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        vec![
+            ("listen", text(&self.listen.to_string())),
+            (
+                "http_listen",
+                self.http_listen.and_then(|a| text(&a.to_string())),
+            ),
+            ("redis_url", text(&mask_url(&self.redis_url))),
+            ("dev", Some(toml::Value::Boolean(self.dev))),
+            ("key_prefix", text(&self.key_prefix)),
+            ("default_ttl", duration(self.default_ttl)),
+            ("max_ttl", duration(self.max_ttl)),
+            ("default_wait", duration(self.default_wait)),
+            ("max_wait", duration(self.max_wait)),
+            ("max_renewals", int(self.max_renewals.into())),
+            ("max_queue", int(self.max_queue)),
+            (
+                "list_held_index",
+                Some(toml::Value::Boolean(self.list_held_index)),
+            ),
+            ("redis_timeout", duration(self.redis_timeout)),
+            ("redis_connections", int(self.redis_connections as u64)),
+            ("waiter_liveness", duration(self.waiter_liveness)),
+            ("shutdown_grace", duration(self.shutdown_grace)),
+            ("log_format", text(log_format)),
+            ("log_level", text(&self.log_level)),
+        ]
+    }
+
     /// Checks the flags on their own and against each other; the daemon
     /// refuses to start, before it binds or connects, unless they pass.
     pub fn validate(&self) -> Result<(), DaemonError> {
@@ -181,6 +314,137 @@ impl Config {
     }
 }
 
+fn from_matches(command: &mut Command, matches: &ArgMatches) -> Result<Config, clap::Error> {
+    Config::from_arg_matches(matches).map_err(|err| err.format(command))
+}
+
+/// The settings of the config file at `path`, as argument ids and the text
+/// their flags would take, each checked by its flag's own parser so that a
+/// bad value is reported against the file's key rather than as a flag.
+fn file_values(command: &Command, path: &Path) -> Result<BTreeMap<String, String>, clap::Error> {
+    let fail = |kind: ErrorKind, why: String| {
+        command
+            .clone()
+            .error(kind, format!("config file {}: {why}", path.display()))
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| fail(ErrorKind::Io, format!("cannot read it: {err}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err| fail(ErrorKind::InvalidValue, format!("not valid TOML: {err}")))?;
+    let mut values = BTreeMap::new();
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id.as_str() && !NOT_IN_FILE.contains(&id.as_str()))
+            .ok_or_else(|| {
+                let why = if NOT_IN_FILE.contains(&id.as_str()) {
+                    format!("key `{key}` cannot be set in a config file")
+                } else {
+                    format!(
+                        "unknown key `{key}`; keys are the flags of `lockd --help` without `--`"
+                    )
+                };
+                fail(ErrorKind::UnknownArgument, why)
+            })?;
+        if let Some(other) = keys.insert(id.clone(), key.clone()) {
+            return Err(fail(
+                ErrorKind::ArgumentConflict,
+                format!("keys `{other}` and `{key}` set the same flag"),
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(fail(
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "key `{key}`: expected a string, integer or boolean, found {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        // The flag's parser on its own: a command of this one argument, the
+        // value as its default, and no variable that could hide it.
+        let check = Command::new("lockd")
+            .arg(
+                arg.clone()
+                    .env(Resettable::Reset)
+                    .default_value(value.clone()),
+            )
+            .try_get_matches_from(["lockd"]);
+        if let Err(err) = check {
+            let mut why = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| first_line(&err.to_string()));
+            let possible: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !possible.is_empty() {
+                why = format!("{why}; one of: {}", possible.join(", "));
+            }
+            return Err(fail(
+                ErrorKind::InvalidValue,
+                format!("key `{key}` = {value:?}: {why}"),
+            ));
+        }
+        values.insert(id, value);
+    }
+    Ok(values)
+}
+
+/// The message of a rendered clap error, without its `error: ` prefix and usage.
+fn first_line(rendered: &str) -> String {
+    let line = rendered.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// A filter for `--log-level`, checked the way the logger will read it.
+fn parse_log_level(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+/// `url` with the password of its user info, and of a `password`/`pass`
+/// query parameter, replaced by `***`: safe to print and to log.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // redis-rs reads a lone user-info word as a user name, not a secret.
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if matches!(name, "password" | "pass") => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 fn bad_flag(flag: &'static str, value: String, why: &'static str) -> DaemonError {
     DaemonError::BadFlag { flag, value, why }
 }
@@ -218,5 +482,39 @@ fn show(value: Duration) -> String {
         s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
         s if s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_printed() {
+        let config = Config::try_parse_from(["lockd"]).expect("defaults parse");
+        let printed: Vec<&str> = config.settings().iter().map(|(key, _)| *key).collect();
+        let command = Config::command();
+        let flags: Vec<&str> = command
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str())
+            .filter(|id| !NOT_IN_FILE.contains(id))
+            .collect();
+        assert_eq!(printed, flags);
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        for (url, masked) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://app:p@ss:w@h:6380", "rediss://app:***@h:6380"),
+            ("redis://app@h", "redis://app@h"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+        ] {
+            assert_eq!(mask_url(url), masked, "{url}");
+        }
     }
 }

@@ -5,10 +5,12 @@ mod harness;
 
 mod api;
 mod basics;
+mod config_file;
 mod contracts;
 mod failures;
 mod http;
 mod lock_ids;
+mod logging;
 mod model;
 mod notifications;
 mod replicas;
