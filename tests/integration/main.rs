@@ -9,6 +9,7 @@ mod contracts;
 mod failures;
 mod http;
 mod lock_ids;
+mod metrics;
 mod model;
 mod notifications;
 mod replicas;
