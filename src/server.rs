@@ -39,7 +39,10 @@ pub async fn run(
     let (notices, mut notice_rx) = mpsc::unbounded_channel();
     let (store, notifier) = open_store(&config, notices).await?;
     let store = Arc::new(store);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(config.max_ttl, config.max_wait));
+    if let Store::Redis(redis) = &*store {
+        redis.set_observer(metrics.redis_observer());
+    }
     let stats = Arc::new(StatsRecorder::new(Arc::clone(&metrics)));
     let stop = CancellationToken::new();
     let (watch, watch_rx) = match notifier {

@@ -133,8 +133,31 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError::malformed(status, rejection.body_text())
+        let text = rejection.body_text();
+        if let JsonRejection::JsonDataError(_) = rejection
+            && let Some((field, detail)) = unknown_field(&text)
+        {
+            return ApiError {
+                status,
+                code: "invalid_argument",
+                message: detail.to_owned(),
+                field: Some(field.to_owned()),
+            };
+        }
+        ApiError::malformed(status, text)
     }
+}
+
+/// The field of serde's `unknown field `name`, expected ...` error, and the
+/// message from there on. serde names the field only in its message; the
+/// format is pinned by a test below.
+fn unknown_field(text: &str) -> Option<(&str, &str)> {
+    const MARK: &str = "unknown field `";
+    let start = text.find(MARK)?;
+    let detail = &text[start..];
+    let name = &detail[MARK.len()..];
+    let name = &name[..name.find('`')?];
+    Some((name, detail))
 }
 
 impl From<QueryRejection> for ApiError {
@@ -158,5 +181,26 @@ impl IntoResponse for ApiError {
             field: self.field.as_deref(),
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        ttl: Option<u64>,
+    }
+
+    #[test]
+    fn serde_names_the_unknown_field_as_expected() {
+        let err = serde_json::from_str::<Body>(r#"{"ttl_ms": 5}"#).unwrap_err();
+        let text = err.to_string();
+        let (field, detail) = unknown_field(&text).expect("recognised");
+        assert_eq!(field, "ttl_ms");
+        assert!(detail.contains("expected `ttl`"), "{detail}");
     }
 }

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// The body of every acquire endpoint. Strings default to empty so that a
 /// missing field is reported by the same check as an empty one, by name.
+/// Every body refuses unknown fields: a misspelt one (`ttl_ms` for `ttl`)
+/// would otherwise be dropped and its default applied without a word.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AcquireBody {
     pub resource: String,
     /// exclusive, shared, read, write, or read-write together with `access`.
@@ -27,14 +29,14 @@ pub struct AcquireBody {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ReleaseBody {
     pub lock_id: String,
     pub client_id: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RenewBody {
     pub lock_id: String,
     pub client_id: String,

@@ -864,3 +864,72 @@ async fn a_rest_waiter_that_hangs_up_leaves_the_line() {
     // Nobody was granted the lock on the way out.
     assert_eq!(rest.queue("g").await["holders"], json!([]));
 }
+
+/// A misspelt field is refused by name on every endpoint that takes a body,
+/// instead of being dropped and its default applied; nothing is acquired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_body_fields_are_refused_by_name() {
+    let (_env, rest) = start(Backend::Dev).await;
+    let refused = |(status, body): (StatusCode, Value), field: &str| {
+        let body = expect_error((status, body), StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "the message names {field}: {body}"
+        );
+    };
+    for path in [
+        "/api/locks/acquire",
+        "/api/locks/exclusive",
+        "/api/locks/shared",
+        "/api/locks/read-write",
+    ] {
+        refused(
+            rest.post(
+                path,
+                json!({"resource": "u", "clientId": "c", "access": "read", "ttl_ms": 60000}),
+            )
+            .await,
+            "ttl_ms",
+        );
+    }
+    assert_eq!(rest.queue("u").await["holders"], json!([]));
+
+    let lease = rest
+        .acquire(json!({"resource": "u", "clientId": "c"}))
+        .await;
+    refused(
+        rest.post(
+            "/api/locks/renew",
+            json!({"lockId": lease["lockId"], "clientId": "c", "ttlMs": 5}),
+        )
+        .await,
+        "ttlMs",
+    );
+    refused(
+        rest.post(
+            "/api/locks/release",
+            json!({"lockId": lease["lockId"], "clientId": "c", "force": true}),
+        )
+        .await,
+        "force",
+    );
+    // Neither call took effect: the lease is still held, with its TTL.
+    let (status, reply) = rest.status(lease["lockId"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["data"]["ttl"], lease["ttl"], "{reply}");
+
+    // Malformed JSON stays a 400 of its own, without a field.
+    let (status, body) = rest
+        .send(
+            rest.http
+                .post(rest.url("/api/locks/release"))
+                .header("content-type", "application/json")
+                .body(r#"{"lockId": "#),
+        )
+        .await;
+    let body = expect_error((status, body), StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(body.get("field").is_none(), "{body}");
+    let (status, reply) = rest.release(&lease).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+}

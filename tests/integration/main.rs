@@ -11,6 +11,7 @@ mod failures;
 mod http;
 mod lock_ids;
 mod logging;
+mod metrics;
 mod model;
 mod notifications;
 mod replicas;

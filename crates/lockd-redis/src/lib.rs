@@ -30,4 +30,4 @@ pub mod store;
 pub use error::StoreError;
 pub use flags::NOTIFY_FLAGS;
 pub use notify::{Notice, Notifier};
-pub use store::{RedisOptions, RedisStore};
+pub use store::{Observer, RedisOptions, RedisStore};

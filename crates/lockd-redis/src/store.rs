@@ -2,7 +2,8 @@
 //! multiplexed connections, the reaper that sweeps resources nobody touches,
 //! and the read-only views (GetLock, GetQueue).
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lockd_core::{
@@ -39,6 +40,32 @@ pub struct RedisOptions {
     pub max_ttl: Duration,
 }
 
+/// Told of every script call's round trip: the script's name, how long it
+/// took, and on failure what kind of failure ([`error_kind`]). It runs on the
+/// calling task, so it must be quick (a metric update); it lets the daemon
+/// measure Redis without this crate knowing its metrics.
+pub type Observer = Arc<dyn Fn(&'static str, Duration, Option<&'static str>) + Send + Sync>;
+
+/// A bounded name for each way a call can fail, fit for a metric label:
+/// `timeout`, `connection` (refused, dropped, I/O), `script` (a failure of
+/// lockd's script itself), `reply` (a reply lockd cannot read), else `server`
+/// (Redis refused: loading, read-only, out of memory, no auth).
+pub fn error_kind(err: &StoreError) -> &'static str {
+    match err {
+        // The connection's own response timeout fires as an I/O error.
+        StoreError::Timeout(_) => "timeout",
+        StoreError::Redis(err) if err.is_timeout() => "timeout",
+        StoreError::Script { .. } => "script",
+        StoreError::Reply(_) => "reply",
+        StoreError::Redis(err)
+            if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() =>
+        {
+            "connection"
+        }
+        _ => "server",
+    }
+}
+
 /// Most waiters GetQueue lists, and most queue entries it looks at for them.
 const QUEUE_VIEW_LIMIT: usize = 1_000;
 const QUEUE_VIEW_SCAN: usize = 4 * QUEUE_VIEW_LIMIT;
@@ -58,6 +85,9 @@ pub struct RedisStore {
     /// `None` when the index is off.
     index: Option<LeaseIndex>,
     connector: Connector,
+    /// Set once, after connecting: the daemon builds its metrics later, and
+    /// the store is shared (behind `Arc`) by then.
+    observer: OnceLock<Observer>,
 }
 
 impl RedisStore {
@@ -76,7 +106,13 @@ impl RedisStore {
                 .then(|| LeaseIndex::new(ns.clone(), options.max_ttl, options.timeout)),
             ns,
             connector,
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Sets the [`Observer`] of script calls; only the first one set counts.
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     /// Opens the connection that receives keyspace notifications.
@@ -106,10 +142,19 @@ impl RedisStore {
         invocation: &ScriptInvocation<'_>,
         conn: &mut ConnectionManager,
     ) -> Result<Value, StoreError> {
-        match self.bounded(invocation.invoke_async(conn)).await {
+        let started = Instant::now();
+        let result = match self.bounded(invocation.invoke_async(conn)).await {
             Err(StoreError::Redis(err)) => Err(StoreError::from_script(named.name, err)),
             other => other,
+        };
+        if let Some(observe) = self.observer.get() {
+            observe(
+                named.name,
+                started.elapsed(),
+                result.as_ref().err().map(error_kind),
+            );
         }
+        result
     }
 
     /// Runs a resource script and parses the common reply.
