@@ -13,3 +13,4 @@ mod model;
 mod notifications;
 mod replicas;
 mod startup;
+mod startup_without_redis;
