@@ -24,6 +24,8 @@ pub struct MemoryStore {
 }
 
 /// Where lock state lives.
+// One per daemon, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     /// Redis, which may not be reachable yet when the daemon starts.
     Redis(RedisSlot),
