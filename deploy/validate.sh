@@ -196,10 +196,22 @@ for pdb in by_kind.get("PodDisruptionBudget", {}).values():
 for np in by_kind.get("NetworkPolicy", {}).values():
     if not pods_for(np["spec"]["podSelector"]["matchLabels"]):
         errors.append(f"NetworkPolicy/{np['metadata']['name']}: podSelector matches no pod template")
-    for rule in np["spec"].get("ingress", []):
-        for peer in rule.get("from", []):
-            if "podSelector" in peer and not pods_for(peer["podSelector"]["matchLabels"]):
-                errors.append(f"NetworkPolicy/{np['metadata']['name']}: a from-podSelector matches no pod template")
+    # Only peers of this namespace must be pods defined here; a peer with a
+    # namespaceSelector may be anyone's pods (clients, Prometheus, DNS), and an
+    # empty podSelector means every pod of the namespace.
+    peers = [p for rule in np["spec"].get("ingress", []) for p in rule.get("from", [])]
+    peers += [p for rule in np["spec"].get("egress", []) for p in rule.get("to", [])]
+    for peer in peers:
+        labels = (peer.get("podSelector") or {}).get("matchLabels")
+        if "namespaceSelector" not in peer and labels and not pods_for(labels):
+            errors.append(f"NetworkPolicy/{np['metadata']['name']}: a podSelector peer matches no pod template")
+    # Secrets that pods read must be defined here.
+    for w in workloads:
+        for c in containers(w):
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref["name"] not in by_kind.get("Secret", {}):
+                    errors.append(f"{w['kind']}/{w['metadata']['name']}: Secret {ref['name']} is not defined")
 
 # lockd itself: the Deployment, the Dockerfile and the scrape annotations agree.
 lockd = by_kind.get("Deployment", {}).get("lockd")

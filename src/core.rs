@@ -18,11 +18,17 @@ use crate::stats::StatsRecorder;
 use crate::store::Store;
 use crate::waiters::{self, Acquired, Ticket, Waiters};
 
-/// The health services that flip with the store's health.
+/// The health services that flip with the store's health: readiness.
 const HEALTH_SERVICES: [&str; 2] = ["", "lockd.v1.LockService"];
 
+/// The health service that says only whether the process runs: liveness.
+/// It never looks at Redis, so that an outage of Redis makes pods unready
+/// instead of restarting them all.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// Whether this daemon serves: decided in one place (the health watcher),
-/// reported by gRPC health and REST `/health` alike.
+/// reported by gRPC health and REST `/health` alike. Liveness is separate:
+/// SERVING from start to shutdown.
 pub struct Health {
     /// Held while a change is applied, so that both endpoints always end up
     /// with the same, last, status.
@@ -65,6 +71,20 @@ impl Health {
 
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Sets the liveness service: true once the process serves, false at shutdown.
+    pub async fn set_alive(&self, alive: bool) {
+        let status = if alive {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter
+            .lock()
+            .await
+            .set_service_status(LIVENESS_SERVICE, status)
+            .await;
     }
 }
 

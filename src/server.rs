@@ -4,10 +4,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockd_redis::conn::{is_unreachable, redacted_url};
 use lockd_redis::flags::ConfigCheck;
-use lockd_redis::{Notice, RedisOptions, RedisStore};
+use lockd_redis::{Notice, RedisOptions, RedisStore, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -28,8 +29,20 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// no operation sees is counted.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// First pause between attempts to reach Redis at startup.
+const CONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest pause between attempts to reach Redis at startup: short enough
+/// that a daemon serves within seconds of Redis coming up.
+const CONNECT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Serves lockd on `listener` until `shutdown` resolves, then goes NOT_SERVING,
 /// ends waiting calls with UNAVAILABLE (leases stay in the store) and returns.
+///
+/// gRPC (and HTTP) serve at once, also while Redis is down: liveness SERVING,
+/// readiness NOT_SERVING and lock calls UNAVAILABLE until Redis answers and
+/// passes the startup checks. A check that fails for a reason of
+/// configuration stops the daemon with that error; retrying cannot fix it.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -37,20 +50,21 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     config.validate()?;
     let (notices, mut notice_rx) = mpsc::unbounded_channel();
-    let (store, notifier) = open_store(&config, notices).await?;
-    let store = Arc::new(store);
+    // A Redis store starts empty and is published whole once checked (see
+    // `RedisSlot`): every task below may hold it from the start.
+    let store = Arc::new(if config.dev {
+        Store::Memory(MemoryStore::new(notices.clone()))
+    } else {
+        Store::redis_pending()
+    });
     let metrics = Arc::new(Metrics::new(config.max_ttl, config.max_wait));
-    if let Store::Redis(redis) = &*store {
-        redis.set_observer(metrics.redis_observer());
-    }
     let stats = Arc::new(StatsRecorder::new(Arc::clone(&metrics)));
     let stop = CancellationToken::new();
-    let (watch, watch_rx) = match notifier {
-        Some(_) => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
+    let (watch, watch_rx) = if config.dev {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
     };
     let waiters = Arc::new(Waiters::new(
         Arc::clone(&store),
@@ -63,7 +77,8 @@ pub async fn run(
     ));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Arc::new(Health::new(reporter));
-    health.set(true).await;
+    health.set_alive(true).await;
+    health.set(false).await;
     let core = Arc::new(LockCore::new(
         Arc::clone(&store),
         Arc::clone(&waiters),
@@ -80,26 +95,40 @@ pub async fn run(
             on_notice.on_notice(notice);
         }
     });
-    if let (Some(notifier), Some(rx)) = (notifier.clone(), watch_rx) {
-        tokio::spawn(waiters::run_watcher(Arc::clone(&waiters), notifier, rx));
-    }
     tokio::spawn(keep_alive(
         Arc::clone(&waiters),
         config.waiter_liveness / 5,
         background.clone(),
     ));
-    tokio::spawn(reap(
-        Arc::clone(&waiters),
-        Arc::clone(&store),
-        background.clone(),
-    ));
-    tokio::spawn(watch_health(
-        Arc::clone(&health),
-        Arc::clone(&store),
-        notifier,
-        metrics,
-        background.clone(),
-    ));
+    let ready = StoreTasks {
+        waiters: Arc::clone(&waiters),
+        store: Arc::clone(&store),
+        health: Arc::clone(&health),
+        metrics: Arc::clone(&metrics),
+        stop: background.clone(),
+    };
+    // A configuration Redis refuses, found once it answers.
+    let (failed_tx, failed_rx) = oneshot::channel::<DaemonError>();
+    if config.dev {
+        ready.start(None, None).await;
+    } else {
+        let options = redis_options(&config);
+        let stop = background.clone();
+        tokio::spawn(async move {
+            match connect_redis(&options, notices, &ready.metrics, &stop).await {
+                Ok(Some((redis, notifier))) => {
+                    redis.set_observer(ready.metrics.redis_observer());
+                    if ready.store.publish(redis) {
+                        ready.start(Some(notifier), watch_rx).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let _ = failed_tx.send(err);
+                }
+            }
+        });
+    }
     if let Some(addr) = config.http_listen {
         let http = TcpListener::bind(addr).await.map_err(DaemonError::Http)?;
         tracing::info!(%addr, "http serving /metrics and the REST API");
@@ -121,20 +150,33 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let redis_url = (!config.dev).then(|| redacted_url(&config.redis_url));
     tracing::info!(
         addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         store = if config.dev { "memory (--dev)" } else { "redis" },
+        redis_url = redis_url.as_deref().unwrap_or("-"),
         "lockd serving"
     );
+    let (why_tx, why_rx) = oneshot::channel::<DaemonError>();
     let stopping = {
         let health = Arc::clone(&health);
         let background = background.clone();
         async move {
-            shutdown.await;
-            tracing::info!("shutting down");
+            let failed = tokio::select! {
+                _ = shutdown => None,
+                Ok(err) = failed_rx => Some(err),
+            };
+            match &failed {
+                None => tracing::info!("shutting down"),
+                Some(err) => tracing::error!(error = %err, "cannot use redis: shutting down"),
+            }
             background.cancel();
             health.stop().await;
+            health.set_alive(false).await;
             stop.cancel();
+            if let Some(err) = failed {
+                let _ = why_tx.send(err);
+            }
         }
     };
     // Nagle's algorithm against delayed ACKs stalls small replies by 40 ms;
@@ -155,25 +197,132 @@ pub async fn run(
     background.cancel();
     waiters.close(config.shutdown_grace).await;
     served?;
-    Ok(())
+    match why_rx.await {
+        Ok(err) => Err(err),
+        Err(_) => Ok(()),
+    }
 }
 
-async fn open_store(
-    config: &Config,
-    notices: mpsc::UnboundedSender<Notice>,
-) -> Result<(Store, Option<Arc<lockd_redis::Notifier>>), DaemonError> {
-    if config.dev {
-        return Ok((Store::Memory(MemoryStore::new(notices)), None));
+/// What runs on a store once it is usable: started only after a Redis
+/// store is published, so none of it sees a store that is not ready.
+struct StoreTasks {
+    waiters: Arc<Waiters>,
+    store: Arc<Store>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+impl StoreTasks {
+    /// Starts the notification watcher, the reaper and the health watcher,
+    /// and goes SERVING.
+    async fn start(
+        self,
+        notifier: Option<Arc<lockd_redis::Notifier>>,
+        watch_rx: Option<mpsc::UnboundedReceiver<String>>,
+    ) {
+        if let (Some(notifier), Some(rx)) = (notifier.clone(), watch_rx) {
+            tokio::spawn(waiters::run_watcher(
+                Arc::clone(&self.waiters),
+                notifier,
+                rx,
+            ));
+        }
+        tokio::spawn(reap(
+            Arc::clone(&self.waiters),
+            Arc::clone(&self.store),
+            self.stop.clone(),
+        ));
+        self.metrics.set_store_up(true);
+        self.health.set(true).await;
+        tokio::spawn(watch_health(
+            self.health,
+            self.store,
+            notifier,
+            self.metrics,
+            self.stop,
+        ));
     }
-    let redis = RedisStore::connect(&RedisOptions {
+}
+
+fn redis_options(config: &Config) -> RedisOptions {
+    RedisOptions {
         url: config.redis_url.clone(),
         key_prefix: config.key_prefix.clone(),
         connections: config.redis_connections,
         timeout: config.redis_timeout,
         list_held_index: config.list_held_index,
         max_ttl: config.max_ttl,
-    })
-    .await?;
+    }
+}
+
+/// Connects to Redis and runs the startup checks, retrying with backoff
+/// (doubling, jittered, up to [`CONNECT_MAX_BACKOFF`]) while Redis does not
+/// answer. Fails at once on anything retrying cannot fix; `None` if the
+/// daemon is stopped first.
+async fn connect_redis(
+    options: &RedisOptions,
+    notices: mpsc::UnboundedSender<Notice>,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Result<Option<(RedisStore, Arc<lockd_redis::Notifier>)>, DaemonError> {
+    // Logged with every failure so the operator sees where lockd looks,
+    // never with the password.
+    let url = redacted_url(&options.url);
+    let mut backoff = CONNECT_FIRST_BACKOFF;
+    for attempt in 1u32.. {
+        let opened = tokio::select! {
+            opened = open_redis(options, notices.clone()) => opened,
+            _ = stop.cancelled() => return Ok(None),
+        };
+        match opened {
+            Ok(opened) => {
+                if attempt > 1 {
+                    tracing::info!(%url, attempt, "redis reachable: serving");
+                }
+                return Ok(Some(opened));
+            }
+            Err(err) if is_unreachable(&err) => {
+                metrics.set_store_up(false);
+                let pause = jittered(backoff);
+                tracing::warn!(
+                    %url,
+                    error = %err,
+                    attempt,
+                    retry_in = ?pause,
+                    "redis not reachable yet: not serving, retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(CONNECT_MAX_BACKOFF);
+            }
+            Err(err) => {
+                tracing::error!(%url, error = %err, "redis cannot be used as configured");
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Between half and all of `pause`, so that daemons restarted together do
+/// not all knock on Redis at the same instant.
+fn jittered(pause: Duration) -> Duration {
+    // Random enough for spreading retries; no need for a generator crate.
+    let fraction = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    pause / 2 + pause / 2 * fraction / 1000
+}
+
+/// One attempt: the store with its startup checks (layout, eviction), then
+/// the notification connection and its check. Nothing is kept of a failed
+/// attempt.
+async fn open_redis(
+    options: &RedisOptions,
+    notices: mpsc::UnboundedSender<Notice>,
+) -> Result<(RedisStore, Arc<lockd_redis::Notifier>), StoreError> {
+    let redis = RedisStore::connect(options).await?;
     let notifier = redis.notifier(notices).await?.probing();
     // Without notifications every handoff between daemons waits for a
     // periodic sync: refuse to start rather than be silently slow.
@@ -187,7 +336,7 @@ async fn open_store(
         }
         ConfigCheck::AlreadySet => {}
     }
-    Ok((Store::Redis(redis), Some(Arc::new(notifier))))
+    Ok((redis, Arc::new(notifier)))
 }
 
 /// Keeps this daemon's waiters alive in the store, catches missed

@@ -145,10 +145,14 @@ impl DaemonProcess {
         let daemon = tokio::task::spawn_blocking(move || command.start())
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        DaemonProcess {
-            addr: daemon.addr(),
-            daemon,
-        }
+        let addr = daemon.addr();
+        // lockd listens before it has reached Redis: ready means SERVING.
+        assert!(
+            eventually(Duration::from_secs(10), || serving(addr)).await,
+            "daemon process did not start serving; its log:\n{}",
+            daemon.log()
+        );
+        DaemonProcess { addr, daemon }
     }
 
     pub async fn client(&self) -> Client {

@@ -16,3 +16,4 @@ mod model;
 mod notifications;
 mod replicas;
 mod startup;
+mod startup_without_redis;

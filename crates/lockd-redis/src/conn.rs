@@ -100,6 +100,72 @@ impl Connector {
     }
 }
 
+/// Whether a failure to connect or to run the startup checks means only that
+/// Redis does not answer (yet): down, starting, loading its data, no primary
+/// elected. Waiting can fix those. Everything else (a refused password, a
+/// port that does not speak Redis, a previous key layout, an evicting
+/// policy, notifications that cannot be turned on) is a configuration to
+/// change, which retrying cannot fix.
+pub fn is_unreachable(err: &StoreError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match err {
+        StoreError::NotReady | StoreError::Timeout(_) => true,
+        StoreError::Redis(err) => {
+            err.is_io_error()
+                || matches!(
+                    err.kind(),
+                    ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                    )
+                )
+        }
+        _ => false,
+    }
+}
+
+/// `url` as it may be logged: the password in the authority
+/// (`redis://user:secret@host`) and any `pass`/`password` query parameter
+/// (`redis+unix:///run/redis.sock?pass=secret`) become `***`, so that an
+/// operator sees where lockd connects without the secret reaching the logs.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    // Split at the last '@': a password may hold '@', '/' or '?' unescaped,
+    // a host and a database number never do. Hiding too much beats leaking.
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), rest),
+            // `redis://secret@host` is read as a bare password by some clients.
+            None => ("***@".to_owned(), rest),
+        },
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("pass")
+                            || key.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{userinfo}{rest}")
+}
+
 /// A few multiplexed connections that pipeline concurrent requests; calls
 /// are spread over them in turn.
 pub struct Lanes {
@@ -145,6 +211,39 @@ impl Lanes {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let cases = [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://:sekret@127.0.0.1:6379/2",
+                "redis://:***@127.0.0.1:6379/2",
+            ),
+            (
+                "rediss://app:se@cr:et@redis.svc:6380",
+                "rediss://app:***@redis.svc:6380",
+            ),
+            ("redis://sekret@host", "redis://***@host"),
+            ("redis://:a/b?c@host:1", "redis://:***@host:1"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=sekret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis://host/0?protocol=resp3",
+                "redis://host/0?protocol=resp3",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redacted_url(url), shown, "{url}");
         }
     }
 }

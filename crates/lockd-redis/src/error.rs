@@ -9,6 +9,10 @@ use redis::{ErrorKind, ServerErrorKind};
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The daemon has not yet connected to Redis and passed its startup
+    /// checks: it is still retrying, and a client may retry too.
+    #[error("redis not reachable yet")]
+    NotReady,
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
     /// A lockd script failed inside Redis (a Lua runtime error or a key of the
