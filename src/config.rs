@@ -53,6 +53,11 @@ pub struct Config {
     #[arg(long, env = "LOCKD_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
+    /// Shortest lease time to live a request may ask for: a shorter lease would
+    /// end before its holder could act on it. At least 1ms, at most --default-ttl.
+    #[arg(long, env = "LOCKD_MIN_TTL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub min_ttl: Duration,
+
     /// How long a request waits in line when it does not say. At most --max-wait.
     #[arg(long, env = "LOCKD_DEFAULT_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub default_wait: Duration,
@@ -206,6 +211,7 @@ impl Config {
             ("key_prefix", text(&self.key_prefix)),
             ("default_ttl", duration(self.default_ttl)),
             ("max_ttl", duration(self.max_ttl)),
+            ("min_ttl", duration(self.min_ttl)),
             ("default_wait", duration(self.default_wait)),
             ("max_wait", duration(self.max_wait)),
             ("max_renewals", int(self.max_renewals.into())),
@@ -247,6 +253,22 @@ impl Config {
                 "waiter-liveness",
                 show(self.waiter_liveness),
                 "must be at least 1ms: queue entries would lapse as soon as they are written",
+            ));
+        }
+        if self.min_ttl.as_millis() == 0 {
+            return Err(bad_flag(
+                "min-ttl",
+                show(self.min_ttl),
+                "must be at least 1ms: a lease of 0 ms protects nothing",
+            ));
+        }
+        if self.min_ttl > self.default_ttl {
+            return Err(conflict(
+                ("min-ttl", self.min_ttl),
+                ("default-ttl", self.default_ttl),
+                "the floor must not exceed the default: requests that say ttl_ms 0 would get \
+                 leases shorter than any request may ask for"
+                    .into(),
             ));
         }
         if self.default_ttl > self.max_ttl {
@@ -305,6 +327,7 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             default_ttl_ms: self.default_ttl.as_millis() as u64,
+            min_ttl_ms: self.min_ttl.as_millis() as u64,
             max_ttl_ms: self.max_ttl.as_millis() as u64,
             default_wait_ms: self.default_wait.as_millis() as u64,
             max_wait_ms: self.max_wait.as_millis() as u64,

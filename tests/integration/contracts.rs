@@ -584,3 +584,23 @@ async fn a_lease_end_without_its_record_does_not_hold_the_resource() {
         .unwrap();
     assert_eq!(stray, None, "the stray entry is dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_under_the_floor_is_refused_naming_the_field() {
+    let env = Env::with_args(Backend::Redis, 1, &["--min-ttl", "500ms"]).await;
+    let mut c = env.client(0).await;
+    let err = c.acquire(req("r", "a").ttl(499)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("ttl_ms"), "{err:?}");
+    let lease = acquire(&mut c, req("r", "a").ttl(500)).await;
+    let err = c
+        .renew(pb::RenewRequest {
+            lock_id: lease.lock_id.clone(),
+            client_id: "a".into(),
+            ttl_ms: 10,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("ttl_ms"), "{err:?}");
+}

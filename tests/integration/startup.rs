@@ -50,6 +50,11 @@ fn refused() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         (vec!["--redis-timeout", "0s"], vec!["--redis-timeout 0s"]),
         (vec!["--max-ttl", "0s"], vec!["--max-ttl 0s"]),
         (vec!["--default-ttl", "0s"], vec!["--default-ttl 0s"]),
+        (vec!["--min-ttl", "0s"], vec!["--min-ttl 0s"]),
+        (
+            vec!["--min-ttl", "1m"],
+            vec!["--min-ttl 1m", "--default-ttl 30s"],
+        ),
     ]
 }
 

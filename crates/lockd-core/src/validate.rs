@@ -14,6 +14,9 @@ pub const MAX_CLIENT_ID_BYTES: usize = 256;
 pub struct Limits {
     /// TTL used when a request says 0.
     pub default_ttl_ms: u64,
+    /// Shortest TTL a request may ask for: a lease shorter than a few round
+    /// trips would end before its holder could act on it.
+    pub min_ttl_ms: u64,
     /// Largest TTL a request may ask for.
     pub max_ttl_ms: u64,
     /// Wait used when a request leaves it unset.
@@ -30,6 +33,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             default_ttl_ms: 30_000,
+            min_ttl_ms: 100,
             max_ttl_ms: 24 * 60 * 60 * 1000,
             default_wait_ms: 5_000,
             max_wait_ms: 60 * 60 * 1000,
@@ -94,6 +98,15 @@ impl Limits {
             return Err(LockError::invalid(
                 "ttl_ms",
                 format!("{ttl_ms} ms is over the limit of {} ms", self.max_ttl_ms),
+            ));
+        }
+        if ttl_ms < self.min_ttl_ms {
+            return Err(LockError::invalid(
+                "ttl_ms",
+                format!(
+                    "{ttl_ms} ms is under the floor of {} ms (--min-ttl); 0 asks for the default",
+                    self.min_ttl_ms
+                ),
             ));
         }
         Ok(Some(ttl_ms))
