@@ -299,7 +299,8 @@ async fn connect_redis(
                 backoff = (backoff * 2).min(CONNECT_MAX_BACKOFF);
             }
             Err(err) => {
-                tracing::error!(%url, error = %err, "redis cannot be used as configured");
+                let err = lockd_redis::StoreError::unusable(&url, err);
+                tracing::error!(error = %err, "redis cannot be used as configured");
                 return Err(err.into());
             }
         }

@@ -154,3 +154,42 @@ async fn the_binary_exits_2_naming_both_flags() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_errors_say_what_is_wrong_and_where_without_the_password() {
+    let redis = RedisServer::start_with(&["--requirepass", "sekret"]);
+    let bare = format!("redis://127.0.0.1:{}", redis.port);
+    let message = refusal(&["--redis-url", &bare]).await;
+    assert!(message.contains("requires a password"), "{message}");
+    assert!(message.contains(&bare), "names the URL: {message}");
+
+    let wrong = format!("redis://:wrong-sekret@127.0.0.1:{}", redis.port);
+    let message = refusal(&["--redis-url", &wrong]).await;
+    assert!(
+        message.contains("refused the user or password"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong-sekret"), "no password: {message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{message}"
+    );
+
+    // A port that answers, but not in Redis' protocol.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in http.incoming().flatten() {
+            let mut buf = [0u8; 256];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let message = refusal(&["--redis-url", &url]).await;
+    assert!(
+        message.contains("does not speak the Redis protocol"),
+        "{message}"
+    );
+}

@@ -24,6 +24,10 @@ pub enum StoreError {
     },
     #[error("unexpected reply from a lockd script: {0}")]
     Reply(String),
+    /// Redis answered, but lockd cannot use it as configured; `url` is
+    /// the address without its password.
+    #[error("cannot use redis at {url}: {reason}")]
+    Unusable { url: String, reason: String },
     /// Lock state of an earlier lockd key layout is in this Redis: serving
     /// beside it could grant a lease that an old key still holds.
     #[error(
@@ -67,6 +71,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A startup failure at `url` (already without its password), said the
+    /// way an operator can act on it.
+    pub fn unusable(url: &str, err: StoreError) -> StoreError {
+        let reason = match &err {
+            StoreError::Redis(e) if e.kind() == ErrorKind::AuthenticationFailed => {
+                "redis refused the user or password in the URL".to_owned()
+            }
+            StoreError::Redis(e) if e.code() == Some("NOAUTH") => {
+                "redis requires a password: give it in the URL, \
+                 redis://[USER]:PASSWORD@HOST:PORT"
+                    .to_owned()
+            }
+            StoreError::Redis(e) if e.code() == Some("WRONGPASS") => {
+                "redis refused the user or password in the URL".to_owned()
+            }
+            StoreError::Redis(e) if e.kind() == ErrorKind::Parse => {
+                "the server at this address does not speak the Redis protocol \
+                 (is the port right?)"
+                    .to_owned()
+            }
+            StoreError::Redis(e) if e.code() == Some("NOPERM") => format!(
+                "the redis user lacks a permission lockd needs ({e}); see the README's \
+                 ACL line"
+            ),
+            StoreError::Unusable { .. } => return err,
+            other => other.to_string(),
+        };
+        StoreError::Unusable {
+            url: url.to_owned(),
+            reason,
+        }
+    }
+
     /// The error of running `script`: a failure of the script itself (a Lua
     /// runtime error, a key of the wrong type) becomes [`StoreError::Script`];
     /// everything else, whatever Redis' reason for not serving (down,

@@ -150,10 +150,13 @@ impl RedisServer {
                 exited = true;
                 return Some(false);
             }
-            let pong: Option<String> = probe(addr)
-                .and_then(|mut c| redis::cmd("PING").query(&mut c))
-                .ok();
-            pong.map(|_| true)
+            // A server started with --requirepass answers NOAUTH: it is up.
+            let answered = probe(addr).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match answered {
+                Ok(_) => Some(true),
+                Err(err) if err.code() == Some("NOAUTH") => Some(true),
+                Err(_) => None,
+            }
         });
         match ready {
             Some(true) => Ok(()),
