@@ -28,7 +28,8 @@ Exit status:
 #[derive(Debug, Parser)]
 #[command(name = "lockctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Address of the lockd daemon: host:port or http://host:port.
+    /// Address of the lockd daemon: host:port or http://host:port. https://
+    /// is refused: TLS is not supported yet.
     #[arg(
         long,
         env = "LOCKD_ENDPOINT",
@@ -125,6 +126,8 @@ pub struct LockArgs {
     pub ttl: Option<Duration>,
 
     /// How long to wait in line; 0s means try once [default: the daemon's, 5s].
+    /// A daemon that answers UNAVAILABLE (shutting down, or Redis not
+    /// answering for a moment) is asked again within this time.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
 

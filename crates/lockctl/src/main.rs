@@ -2,7 +2,8 @@
 //!
 //! Layout: `cli` is the command line (its doc comments are the `--help`
 //! text), `cmd` holds one module per subcommand, `output` renders text and
-//! JSON, `exit` maps failures to exit statuses. Everything that talks to the
+//! JSON on stdout, `report` prints lockctl's own messages on stderr, `exit`
+//! maps failures to exit statuses. Everything that talks to the
 //! daemon goes through the `lockd-client` crate.
 
 // The doc comments of `cli` are `--help` text, written for the terminal
@@ -13,6 +14,7 @@ mod cli;
 mod cmd;
 mod exit;
 mod output;
+mod report;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -27,8 +29,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
+        .event_format(report::LogFormat)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new("warn,lockd_client::lease_lost=off")
@@ -41,14 +42,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("lockctl: starting the async runtime: {e}");
+            report::error(format_args!("starting the async runtime: {e}"));
             return ExitCode::from(exit::UNEXPECTED);
         }
     };
     match runtime.block_on(cmd::dispatch(cli)) {
         Ok(status) => ExitCode::from(status),
         Err(failure) => {
-            eprintln!("lockctl: {}", failure.message);
+            report::error(&failure.message);
             ExitCode::from(failure.status)
         }
     }

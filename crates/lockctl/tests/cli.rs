@@ -247,7 +247,7 @@ async fn failures_have_distinct_exit_statuses() {
     let down = run(down).await;
     down.assert_status(3);
     assert!(
-        down.stderr.starts_with("lockctl: cannot connect"),
+        down.stderr.starts_with("lockctl: error: cannot connect"),
         "{down:?}"
     );
 }
@@ -571,7 +571,7 @@ async fn run_reports_a_missing_command_and_releases() {
     out.assert_status(127);
     assert_eq!(
         out.stderr,
-        "lockctl: /nonexistent/command: command not found\n"
+        "lockctl: error: /nonexistent/command: command not found\n"
     );
     let snapshot = client
         .queue_snapshot("ctl/missing")
@@ -627,4 +627,21 @@ async fn watch_prints_changes_and_stops_on_ctrl_c() {
         .expect("watch stops on SIGINT")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn https_endpoints_are_refused_not_dialled_in_plaintext() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockctl"));
+    cmd.env_remove("LOCKD_ENDPOINT")
+        .env_remove("RUST_LOG")
+        .args(["--endpoint", "https://127.0.0.1:1", "health"]);
+    let out = run(cmd).await;
+    out.assert_status(2);
+    assert!(
+        out.stderr.starts_with("lockctl: error: invalid endpoint"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("TLS is not supported yet"), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
 }

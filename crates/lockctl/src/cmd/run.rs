@@ -22,6 +22,7 @@ use crate::cmd::{Ctx, lock_request};
 use crate::exit::{
     CANNOT_EXECUTE, COMMAND_NOT_FOUND, Failure, INTERRUPTED, LEASE_LOST, UNEXPECTED,
 };
+use crate::report;
 
 /// Signals that end lockctl while it waits, and that are passed on to
 /// COMMAND while it runs. Ctrl-C reaches COMMAND from the terminal itself, so
@@ -100,9 +101,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8, Failure> {
                 return Ok(exit_status(status));
             }
             reason = &mut lost => {
-                eprintln!(
-                    "lockctl: lost the lease on {resource:?} ({reason}); sending SIGTERM to {program}"
-                );
+                report::warning(format_args!(
+                    "lost the lease on {resource:?} ({reason}); sending SIGTERM to {program}"
+                ));
                 let status = stop(&mut child, args.grace, &program).await;
                 // A lease stopped by its renewal limit is still live: free it now.
                 release(guard, &resource).await;
@@ -217,7 +218,9 @@ async fn stop(child: &mut Child, grace: Duration, program: &str) -> String {
         Ok(Ok(status)) => status.to_string(),
         Ok(Err(e)) => format!("wait failed: {e}"),
         Err(_) => {
-            eprintln!("lockctl: {program} still runs {grace:?} after SIGTERM; sending SIGKILL");
+            report::warning(format_args!(
+                "{program} still runs {grace:?} after SIGTERM; sending SIGKILL"
+            ));
             let _ = child.start_kill();
             match child.wait().await {
                 Ok(status) => status.to_string(),
@@ -237,10 +240,10 @@ async fn release(guard: LockGuard, resource: &str) {
         return;
     }
     if let Err(err) = guard.release().await {
-        eprintln!(
-            "lockctl: warning: releasing {resource:?} failed: {}",
+        report::warning(format_args!(
+            "releasing {resource:?} failed: {}",
             Failure::from(err).message
-        );
+        ));
     }
 }
 
