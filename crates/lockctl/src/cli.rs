@@ -99,7 +99,13 @@ pub enum Command {
     /// COMMAND gets LOCKD_LOCK_ID, LOCKD_FENCING_TOKEN and LOCKD_RESOURCE in
     /// its environment. lockctl exits with COMMAND's status. If the lease is
     /// lost, COMMAND is sent SIGTERM (SIGKILL after --grace) and lockctl exits 9.
-    /// SIGTERM and SIGHUP sent to lockctl are passed on to COMMAND.
+    /// SIGTERM, SIGHUP and SIGINT sent to lockctl are passed on to COMMAND.
+    ///
+    /// COMMAND never outlives the lease: it runs in a process group of its
+    /// own (the terminal's foreground group, when lockctl has the terminal),
+    /// whatever is left of that group is killed when COMMAND exits or is
+    /// stopped, and the whole group is killed if lockctl itself dies, even
+    /// by kill -9.
     Run(RunArgs),
     /// Show the holders and waiters of a resource, refreshed live until Ctrl-C.
     Watch {

@@ -3,7 +3,8 @@
 //! Layout: `cli` is the command line (its doc comments are the `--help`
 //! text), `cmd` holds one module per subcommand, `output` renders text and
 //! JSON on stdout, `report` prints lockctl's own messages on stderr, `exit`
-//! maps failures to exit statuses. Everything that talks to the
+//! maps failures to exit statuses, `watchdog` kills what `run` started if
+//! lockctl dies. Everything that talks to the
 //! daemon goes through the `lockd-client` crate.
 
 // The doc comments of `cli` are `--help` text, written for the terminal
@@ -15,6 +16,7 @@ mod cmd;
 mod exit;
 mod output;
 mod report;
+mod watchdog;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,6 +24,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `lockctl run` starts a copy of itself as its watchdog (see `watchdog`).
+    if let Some(status) = watchdog::main_if_watchdog() {
+        return ExitCode::from(status);
+    }
     let cli = cli::Cli::parse();
     // Warnings from the client library (such as a failed renewal being
     // retried) go to stderr; RUST_LOG=lockd_client=debug shows more. A lost

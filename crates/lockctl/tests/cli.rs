@@ -645,3 +645,91 @@ async fn https_endpoints_are_refused_not_dialled_in_plaintext() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+/// True while `pid` runs; a zombie (dead, not yet reaped by whoever
+/// adopted it) counts as gone.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+async fn read_pid(path: &std::path::Path) -> i32 {
+    eventually(
+        Duration::from_secs(10),
+        "the command to write its pid",
+        || async {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.trim().parse().ok()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn run_takes_its_command_and_grandchildren_down_when_killed() {
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
+    let dir = lockd_testkit::TempDir::new("lockctl-run").expect("scratch dir");
+    let (child_pid, grandchild_pid, marker) = (
+        dir.path().join("child.pid"),
+        dir.path().join("grandchild.pid"),
+        dir.path().join("marker"),
+    );
+    // The grandchild writes the marker: it is what must stop.
+    let script = format!(
+        "(while :; do date +%s%N > {marker}; sleep 0.05; done) & echo $! > {grandchild}; \
+         echo $$ > {child}; wait",
+        marker = marker.display(),
+        grandchild = grandchild_pid.display(),
+        child = child_pid.display(),
+    );
+    let mut lockctl_run = lockctl(
+        &daemon,
+        &me,
+        &["run", "ctl/kill9", "--ttl", "2s", "--", "sh", "-c", &script],
+    )
+    .spawn()
+    .expect("spawn");
+    let child = read_pid(&child_pid).await;
+    let grandchild = read_pid(&grandchild_pid).await;
+    assert!(alive(child) && alive(grandchild));
+
+    signal(&lockctl_run, libc::SIGKILL);
+    let _ = lockctl_run.wait().await;
+    eventually(
+        Duration::from_secs(2),
+        "the command and its child to die",
+        || async { (!alive(child) && !alive(grandchild)).then_some(()) },
+    )
+    .await;
+    let last = std::fs::read_to_string(&marker).expect("marker");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker"),
+        last,
+        "something still writes the marker"
+    );
+}
+
+#[tokio::test]
+async fn run_kills_what_its_command_left_behind_before_releasing() {
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
+    let dir = lockd_testkit::TempDir::new("lockctl-run").expect("scratch dir");
+    let leftover = dir.path().join("leftover.pid");
+    let script = format!("sleep 300 & echo $! > {}", leftover.display());
+    let out = run(lockctl(
+        &daemon,
+        &me,
+        &["run", "ctl/leftover", "--", "sh", "-c", &script],
+    ))
+    .await;
+    out.assert_status(0);
+    let pid = read_pid(&leftover).await;
+    assert!(!alive(pid), "the background sleep outlived the lock");
+}
