@@ -733,3 +733,32 @@ async fn run_kills_what_its_command_left_behind_before_releasing() {
     let pid = read_pid(&leftover).await;
     assert!(!alive(pid), "the background sleep outlived the lock");
 }
+
+#[tokio::test]
+async fn acquire_waits_out_a_redis_pause_within_wait() {
+    let redis = RedisServer::start();
+    let daemon = Lockd::start(&["--redis-url", &redis.url()]);
+    let me = unique("ctl");
+    // The daemon is up and has used Redis before Redis stops answering.
+    daemon.client().await.stats().await.expect("stats");
+    redis.pause();
+    let acquire = run(lockctl(
+        &daemon,
+        &me,
+        &[
+            "--json", "acquire", "ctl/blip", "--ttl", "10s", "--wait", "10s",
+        ],
+    ));
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.resume();
+    };
+    let (out, ()) = tokio::join!(acquire, resume);
+    out.assert_status(0);
+    assert_eq!(out.json()["resource"], "ctl/blip");
+    // The retries were reported, in lockctl's one format.
+    assert!(!out.stderr.is_empty(), "{out:?}");
+    for line in out.stderr.lines() {
+        assert!(line.starts_with("lockctl: warning: "), "{out:?}");
+    }
+}
