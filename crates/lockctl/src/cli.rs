@@ -28,7 +28,8 @@ Exit status:
 #[derive(Debug, Parser)]
 #[command(name = "lockctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Address of the lockd daemon: host:port or http://host:port.
+    /// Address of the lockd daemon: host:port or http://host:port. https://
+    /// is refused: TLS is not supported yet.
     #[arg(
         long,
         env = "LOCKD_ENDPOINT",
@@ -98,7 +99,13 @@ pub enum Command {
     /// COMMAND gets LOCKD_LOCK_ID, LOCKD_FENCING_TOKEN and LOCKD_RESOURCE in
     /// its environment. lockctl exits with COMMAND's status. If the lease is
     /// lost, COMMAND is sent SIGTERM (SIGKILL after --grace) and lockctl exits 9.
-    /// SIGTERM and SIGHUP sent to lockctl are passed on to COMMAND.
+    /// SIGTERM, SIGHUP and SIGINT sent to lockctl are passed on to COMMAND.
+    ///
+    /// COMMAND never outlives the lease: it runs in a process group of its
+    /// own (the terminal's foreground group, when lockctl has the terminal),
+    /// whatever is left of that group is killed when COMMAND exits or is
+    /// stopped, and the whole group is killed if lockctl itself dies, even
+    /// by kill -9.
     Run(RunArgs),
     /// Show the holders and waiters of a resource, refreshed live until Ctrl-C.
     Watch {
@@ -125,6 +132,8 @@ pub struct LockArgs {
     pub ttl: Option<Duration>,
 
     /// How long to wait in line; 0s means try once [default: the daemon's, 5s].
+    /// A daemon that answers UNAVAILABLE (shutting down, or Redis not
+    /// answering for a moment) is asked again within this time.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
 

@@ -20,7 +20,7 @@ pub const CANNOT_EXECUTE: u8 = 126;
 pub const COMMAND_NOT_FOUND: u8 = 127;
 pub const INTERRUPTED: u8 = 130;
 
-/// Why lockctl stops unsuccessfully: printed as `lockctl: <message>`, then
+/// Why lockctl stops unsuccessfully: printed as `lockctl: error: <message>`, then
 /// the process exits with `status`.
 #[derive(Debug)]
 pub struct Failure {

@@ -2,7 +2,9 @@
 //!
 //! Layout: `cli` is the command line (its doc comments are the `--help`
 //! text), `cmd` holds one module per subcommand, `output` renders text and
-//! JSON, `exit` maps failures to exit statuses. Everything that talks to the
+//! JSON on stdout, `report` prints lockctl's own messages on stderr, `exit`
+//! maps failures to exit statuses, `watchdog` kills what `run` started if
+//! lockctl dies. Everything that talks to the
 //! daemon goes through the `lockd-client` crate.
 
 // The doc comments of `cli` are `--help` text, written for the terminal
@@ -13,6 +15,8 @@ mod cli;
 mod cmd;
 mod exit;
 mod output;
+mod report;
+mod watchdog;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -20,6 +24,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `lockctl run` starts a copy of itself as its watchdog (see `watchdog`).
+    if let Some(status) = watchdog::main_if_watchdog() {
+        return ExitCode::from(status);
+    }
     let cli = cli::Cli::parse();
     // Warnings from the client library (such as a failed renewal being
     // retried) go to stderr; RUST_LOG=lockd_client=debug shows more. A lost
@@ -27,8 +35,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
+        .event_format(report::LogFormat)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new("warn,lockd_client::lease_lost=off")
@@ -41,14 +48,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("lockctl: starting the async runtime: {e}");
+            report::error(format_args!("starting the async runtime: {e}"));
             return ExitCode::from(exit::UNEXPECTED);
         }
     };
     match runtime.block_on(cmd::dispatch(cli)) {
         Ok(status) => ExitCode::from(status),
         Err(failure) => {
-            eprintln!("lockctl: {}", failure.message);
+            report::error(&failure.message);
             ExitCode::from(failure.status)
         }
     }

@@ -247,7 +247,7 @@ async fn failures_have_distinct_exit_statuses() {
     let down = run(down).await;
     down.assert_status(3);
     assert!(
-        down.stderr.starts_with("lockctl: cannot connect"),
+        down.stderr.starts_with("lockctl: error: cannot connect"),
         "{down:?}"
     );
 }
@@ -571,7 +571,7 @@ async fn run_reports_a_missing_command_and_releases() {
     out.assert_status(127);
     assert_eq!(
         out.stderr,
-        "lockctl: /nonexistent/command: command not found\n"
+        "lockctl: error: /nonexistent/command: command not found\n"
     );
     let snapshot = client
         .queue_snapshot("ctl/missing")
@@ -627,4 +627,138 @@ async fn watch_prints_changes_and_stops_on_ctrl_c() {
         .expect("watch stops on SIGINT")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn https_endpoints_are_refused_not_dialled_in_plaintext() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockctl"));
+    cmd.env_remove("LOCKD_ENDPOINT")
+        .env_remove("RUST_LOG")
+        .args(["--endpoint", "https://127.0.0.1:1", "health"]);
+    let out = run(cmd).await;
+    out.assert_status(2);
+    assert!(
+        out.stderr.starts_with("lockctl: error: invalid endpoint"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("TLS is not supported yet"), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+/// True while `pid` runs; a zombie (dead, not yet reaped by whoever
+/// adopted it) counts as gone.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+async fn read_pid(path: &std::path::Path) -> i32 {
+    eventually(
+        Duration::from_secs(10),
+        "the command to write its pid",
+        || async {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.trim().parse().ok()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn run_takes_its_command_and_grandchildren_down_when_killed() {
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
+    let dir = lockd_testkit::TempDir::new("lockctl-run").expect("scratch dir");
+    let (child_pid, grandchild_pid, marker) = (
+        dir.path().join("child.pid"),
+        dir.path().join("grandchild.pid"),
+        dir.path().join("marker"),
+    );
+    // The grandchild writes the marker: it is what must stop.
+    let script = format!(
+        "(while :; do date +%s%N > {marker}; sleep 0.05; done) & echo $! > {grandchild}; \
+         echo $$ > {child}; wait",
+        marker = marker.display(),
+        grandchild = grandchild_pid.display(),
+        child = child_pid.display(),
+    );
+    let mut lockctl_run = lockctl(
+        &daemon,
+        &me,
+        &["run", "ctl/kill9", "--ttl", "2s", "--", "sh", "-c", &script],
+    )
+    .spawn()
+    .expect("spawn");
+    let child = read_pid(&child_pid).await;
+    let grandchild = read_pid(&grandchild_pid).await;
+    assert!(alive(child) && alive(grandchild));
+
+    signal(&lockctl_run, libc::SIGKILL);
+    let _ = lockctl_run.wait().await;
+    eventually(
+        Duration::from_secs(2),
+        "the command and its child to die",
+        || async { (!alive(child) && !alive(grandchild)).then_some(()) },
+    )
+    .await;
+    let last = std::fs::read_to_string(&marker).expect("marker");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker"),
+        last,
+        "something still writes the marker"
+    );
+}
+
+#[tokio::test]
+async fn run_kills_what_its_command_left_behind_before_releasing() {
+    let daemon = Lockd::start(&["--dev"]);
+    let me = unique("ctl");
+    let dir = lockd_testkit::TempDir::new("lockctl-run").expect("scratch dir");
+    let leftover = dir.path().join("leftover.pid");
+    let script = format!("sleep 300 & echo $! > {}", leftover.display());
+    let out = run(lockctl(
+        &daemon,
+        &me,
+        &["run", "ctl/leftover", "--", "sh", "-c", &script],
+    ))
+    .await;
+    out.assert_status(0);
+    let pid = read_pid(&leftover).await;
+    assert!(!alive(pid), "the background sleep outlived the lock");
+}
+
+#[tokio::test]
+async fn acquire_waits_out_a_redis_pause_within_wait() {
+    let redis = RedisServer::start();
+    let daemon = Lockd::start(&["--redis-url", &redis.url()]);
+    let me = unique("ctl");
+    // The daemon is up and has used Redis before Redis stops answering.
+    daemon.client().await.stats().await.expect("stats");
+    redis.pause();
+    let acquire = run(lockctl(
+        &daemon,
+        &me,
+        &[
+            "--json", "acquire", "ctl/blip", "--ttl", "10s", "--wait", "10s",
+        ],
+    ));
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.resume();
+    };
+    let (out, ()) = tokio::join!(acquire, resume);
+    out.assert_status(0);
+    assert_eq!(out.json()["resource"], "ctl/blip");
+    // The retries were reported, in lockctl's one format.
+    assert!(!out.stderr.is_empty(), "{out:?}");
+    for line in out.stderr.lines() {
+        assert!(line.starts_with("lockctl: warning: "), "{out:?}");
+    }
 }

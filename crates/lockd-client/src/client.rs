@@ -46,6 +46,9 @@ pub struct Client {
 impl Client {
     /// Connects to `addr`, given as `host:port` or `http://host:port`.
     ///
+    /// `https://` is refused with [`Error::InvalidEndpoint`]: TLS is not
+    /// supported yet, and the address is never dialled in plaintext instead.
+    ///
     /// Fails with [`Error::Connect`] if the daemon does not answer within 5 s.
     pub async fn connect(addr: impl AsRef<str>) -> Result<Client> {
         let endpoint = endpoint(addr.as_ref())?;
@@ -233,7 +236,14 @@ pub fn endpoint(addr: &str) -> Result<Endpoint> {
         return Err(invalid("the address is empty"));
     }
     let uri = match trimmed.split_once("://") {
-        Some(("http" | "https", _)) => trimmed.to_owned(),
+        Some(("http", _)) => trimmed.to_owned(),
+        // Without TLS support, tonic would dial https:// in plaintext: a
+        // user who asked for encryption must not silently get none.
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err(invalid(
+                "TLS is not supported yet (use host:port or http://host:port on a trusted network)",
+            ));
+        }
         Some((scheme, _)) => {
             return Err(invalid(&format!(
                 "unsupported scheme {scheme:?} (use host:port or http://host:port)"
@@ -293,11 +303,28 @@ mod tests {
 
     #[test]
     fn endpoints_reject_garbage() {
-        for bad in ["", "   ", "unix:///tmp/sock", "ftp://host:1", "http://"] {
+        for bad in [
+            "",
+            "   ",
+            "unix:///tmp/sock",
+            "ftp://host:1",
+            "http://",
+            "https://h:1",
+        ] {
             assert!(
                 matches!(endpoint(bad), Err(Error::InvalidEndpoint { .. })),
                 "{bad:?} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn https_is_refused_rather_than_dialled_in_plaintext() {
+        for tls in ["https://127.0.0.1:50051", "HTTPS://localhost:1"] {
+            let Err(Error::InvalidEndpoint { reason, .. }) = endpoint(tls) else {
+                panic!("{tls:?} was accepted");
+            };
+            assert!(reason.contains("TLS is not supported yet"), "{reason}");
         }
     }
 

@@ -24,6 +24,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Retries
+//!
+//! [`LockBuilder::acquire`] and [`LockBuilder::queue`] ask again, with a
+//! backoff of 50 ms doubling to 1 s (with jitter), when the daemon answers
+//! `UNAVAILABLE`: it is shutting down in a rolling restart, or Redis did not
+//! answer in time. They never wait past the wait the caller gave (an unset
+//! wait counts as the daemon's default, 5 s). This is safe because the
+//! daemon guarantees that an Acquire or WaitQueue answered with an error
+//! leaves no lease and no place in line behind: it leaves the queue and
+//! releases any grant it took for the call, retrying until Redis answers.
+//! Other errors, and every other call, are returned as they are.
+//!
 //! # Layout
 //!
 //! - [`client`]: [`Client`], the connection, and the one-call RPCs
@@ -33,6 +45,8 @@
 //!   ([`LockBuilder::queue`], a [`QueueStream`] of [`QueueEvent`]s).
 //! - [`guard`]: [`LockGuard`], a held lease renewed every third of its ttl,
 //!   with [`LockGuard::lost`] and [`LostReason`].
+//! - [`retry`]: how an Acquire or WaitQueue that ended `UNAVAILABLE` is
+//!   asked again within the caller's wait.
 //! - [`types`]: [`Mode`], [`Lease`], [`QueueSnapshot`], [`Stats`], [`Health`]:
 //!   the wire messages with `Duration`s and `SystemTime`s.
 //! - [`error`]: [`Error`], one enum that keeps the gRPC status code.
@@ -42,6 +56,7 @@ pub mod client;
 pub mod error;
 pub mod guard;
 pub mod lock;
+pub mod retry;
 pub mod types;
 
 /// Generated lockd.v1 messages and the `LockServiceClient` stub.

@@ -13,6 +13,7 @@ use crate::client::{Client, lease_of, millis};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::pb;
+use crate::retry::Retry;
 use crate::types::Mode;
 
 /// A lock request being put together; made by [`Client::lock`].
@@ -92,13 +93,33 @@ impl LockBuilder {
         &self.request
     }
 
-    /// Takes the lock with one `Acquire` call, waiting in line as configured.
+    /// Takes the lock with `Acquire`, waiting in line as configured.
     ///
-    /// A busy lock fails with `DEADLINE_EXCEEDED` once the wait is over.
+    /// A busy lock fails with `DEADLINE_EXCEEDED` once the wait is over. An
+    /// attempt that fails with `UNAVAILABLE` (a daemon shutting down, Redis
+    /// unreachable for a moment) is made again after a backoff of 50 ms
+    /// doubling to 1 s, with jitter, for as long as the wait lasts (an unset
+    /// wait counts as the daemon's default, 5 s); the last error is returned
+    /// when no time is left. This is safe: the daemon guarantees that an
+    /// Acquire answered with an error leaves no lease behind.
     pub async fn acquire(self) -> Result<LockGuard> {
-        let LockBuilder { client, request } = self;
+        let LockBuilder {
+            client,
+            mut request,
+        } = self;
         let client_id = request.client_id.clone();
-        let lease = client.raw().acquire(request).await?.into_inner().lease;
+        let mut retry = Retry::start(&request);
+        let lease = loop {
+            match client.raw().acquire(request.clone()).await {
+                Ok(resp) => break resp.into_inner().lease,
+                Err(status) => {
+                    let err = Error::from(status);
+                    if !retry.again(&err, &mut request).await {
+                        return Err(err);
+                    }
+                }
+            }
+        };
         let received = Instant::now();
         Ok(LockGuard::start(
             client,
@@ -113,6 +134,10 @@ impl LockBuilder {
     /// The stream yields [`QueueEvent::Queued`] at once and whenever the
     /// position improves, then [`QueueEvent::Granted`] with the guard, then
     /// ends. Dropping the stream before the grant leaves the queue.
+    ///
+    /// A call that fails with `UNAVAILABLE` before the grant is made again
+    /// within the wait, as [`LockBuilder::acquire`] does; the stream then
+    /// goes on with the positions of the new place in line.
     ///
     /// ```no_run
     /// use futures::StreamExt;
@@ -136,7 +161,8 @@ impl LockBuilder {
     /// ```
     pub fn queue(self) -> QueueStream {
         let LockBuilder { client, request } = self;
-        let inner = stream::unfold(QueueState::Start(client, request), QueueState::step);
+        let retry = Retry::start(&request);
+        let inner = stream::unfold(QueueState::Start(client, request, retry), QueueState::step);
         QueueStream {
             inner: inner.boxed(),
         }
@@ -211,36 +237,63 @@ impl fmt::Debug for QueueStream {
 
 /// Where a [`QueueStream`] is: the call not made yet, the response stream
 /// open, or finished. Dropping `Open` cancels the call, which the daemon
-/// takes as leaving the queue.
+/// takes as leaving the queue. The request and its [`Retry`] are kept while
+/// open, to ask again if the call ends UNAVAILABLE.
 enum QueueState {
-    Start(Client, pb::AcquireRequest),
-    Open(Client, String, Streaming<pb::WaitEvent>),
+    Start(Client, pb::AcquireRequest, Retry),
+    // Boxed: the open call is the largest part, and moves with every event.
+    Open(
+        Client,
+        pb::AcquireRequest,
+        Retry,
+        Box<Streaming<pb::WaitEvent>>,
+    ),
     Done,
 }
 
 impl QueueState {
     async fn step(self) -> Option<(Result<QueueEvent>, QueueState)> {
-        let (client, client_id, mut events) = match self {
-            QueueState::Done => return None,
-            QueueState::Open(client, client_id, events) => (client, client_id, events),
-            QueueState::Start(client, request) => {
-                let client_id = request.client_id.clone();
-                match client.raw().wait_queue(request).await {
-                    Ok(resp) => (client, client_id, resp.into_inner()),
-                    Err(status) => return Some((Err(status.into()), QueueState::Done)),
+        let mut state = self;
+        'call: loop {
+            let (client, mut request, mut retry, mut events) = match state {
+                QueueState::Done => return None,
+                QueueState::Open(client, request, retry, events) => {
+                    (client, request, retry, events)
                 }
-            }
-        };
-        loop {
-            let event = match events.message().await {
-                Ok(Some(pb::WaitEvent { event: Some(event) })) => event,
-                // An empty event carries nothing to report: read on.
-                Ok(Some(pb::WaitEvent { event: None })) => continue,
-                Ok(None) => {
-                    let err = Error::Protocol("WaitQueue ended without a grant".into());
-                    return Some((Err(err), QueueState::Done));
+                QueueState::Start(client, mut request, mut retry) => {
+                    match client.raw().wait_queue(request.clone()).await {
+                        Ok(resp) => (client, request, retry, Box::new(resp.into_inner())),
+                        Err(status) => {
+                            let err = Error::from(status);
+                            if retry.again(&err, &mut request).await {
+                                state = QueueState::Start(client, request, retry);
+                                continue 'call;
+                            }
+                            return Some((Err(err), QueueState::Done));
+                        }
+                    }
                 }
-                Err(status) => return Some((Err(status.into()), QueueState::Done)),
+            };
+            let event = loop {
+                match events.message().await {
+                    Ok(Some(pb::WaitEvent { event: Some(event) })) => break event,
+                    // An empty event carries nothing to report: read on.
+                    Ok(Some(pb::WaitEvent { event: None })) => continue,
+                    Ok(None) => {
+                        let err = Error::Protocol("WaitQueue ended without a grant".into());
+                        return Some((Err(err), QueueState::Done));
+                    }
+                    Err(status) => {
+                        // Before the grant: the daemon left no entry behind,
+                        // so waiting again is safe (see `retry`).
+                        let err = Error::from(status);
+                        if retry.again(&err, &mut request).await {
+                            state = QueueState::Start(client, request, retry);
+                            continue 'call;
+                        }
+                        return Some((Err(err), QueueState::Done));
+                    }
+                }
             };
             return Some(match event {
                 pb::wait_event::Event::Queued(q) => (
@@ -248,10 +301,11 @@ impl QueueState {
                         position: q.position,
                         queue_length: q.queue_length,
                     }),
-                    QueueState::Open(client, client_id, events),
+                    QueueState::Open(client, request, retry, events),
                 ),
                 pb::wait_event::Event::Granted(g) => {
                     let received = Instant::now();
+                    let client_id = request.client_id;
                     let event = lease_of(g.lease).map(|lease| {
                         QueueEvent::Granted(LockGuard::start(client, client_id, lease, received))
                     });

@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cmd::Ctx;
 use crate::exit::{Failure, UNEXPECTED};
 use crate::output::{print_line, queue_json, queue_text, time};
+use crate::report;
 
 pub async fn run(ctx: &Ctx, resource: &str, interval: Duration) -> Result<(), Failure> {
     let install = |kind| {
@@ -40,7 +41,7 @@ pub async fn run(ctx: &Ctx, resource: &str, interval: Duration) -> Result<(), Fa
         let snapshot = match snapshot {
             Ok(snapshot) => {
                 if failing {
-                    eprintln!("lockctl: the daemon answers again");
+                    report::note("the daemon answers again");
                     failing = false;
                 }
                 snapshot
@@ -48,7 +49,10 @@ pub async fn run(ctx: &Ctx, resource: &str, interval: Duration) -> Result<(), Fa
             // The daemon restarting or Redis blinking should not end a watch.
             Err(err) if err.is_retryable() => {
                 if !failing {
-                    eprintln!("lockctl: {} (still trying)", Failure::from(err).message);
+                    report::warning(format_args!(
+                        "{} (still trying)",
+                        Failure::from(err).message
+                    ));
                     failing = true;
                 }
                 continue;

@@ -4,6 +4,7 @@
 
 mod guard;
 mod queue;
+mod retry;
 mod rpc;
 
 use std::future::Future;
