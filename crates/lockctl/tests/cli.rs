@@ -14,6 +14,9 @@ use tokio::process::{Child, Command};
 trait DaemonClient {
     /// A connected client with a fresh client_id.
     fn client(&self) -> impl std::future::Future<Output = Client>;
+    /// Waits until the daemon serves lock calls: it listens before it has
+    /// reached Redis, and answers UNAVAILABLE until then.
+    fn ready(&self) -> impl std::future::Future<Output = ()>;
 }
 
 impl DaemonClient for Lockd {
@@ -22,6 +25,18 @@ impl DaemonClient for Lockd {
             .await
             .unwrap_or_else(|e| panic!("connecting to the test daemon: {e}"))
             .with_client_id(unique("test"))
+    }
+
+    async fn ready(&self) {
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while client.stats().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test daemon did not reach redis within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -291,6 +306,7 @@ async fn health_names_services_and_fails_when_redis_is_down() {
         return;
     };
     let daemon = Lockd::start(&["--redis-url", &redis.url()]);
+    daemon.ready().await;
     run(lockctl(&daemon, &me, &["health"]))
         .await
         .assert_status(0);
@@ -740,7 +756,7 @@ async fn acquire_waits_out_a_redis_pause_within_wait() {
     let daemon = Lockd::start(&["--redis-url", &redis.url()]);
     let me = unique("ctl");
     // The daemon is up and has used Redis before Redis stops answering.
-    daemon.client().await.stats().await.expect("stats");
+    daemon.ready().await;
     redis.pause();
     let acquire = run(lockctl(
         &daemon,

@@ -22,6 +22,9 @@ pub fn dev_daemon() -> Lockd {
 pub trait DaemonClient {
     /// A connected client with a fresh client_id.
     fn client(&self) -> impl Future<Output = Client>;
+    /// Waits until the daemon serves lock calls: it listens before it has
+    /// reached Redis, and answers UNAVAILABLE until then.
+    fn ready(&self) -> impl Future<Output = ()>;
 }
 
 impl DaemonClient for Lockd {
@@ -30,6 +33,18 @@ impl DaemonClient for Lockd {
             .await
             .unwrap_or_else(|e| panic!("connecting to the test daemon: {e}"))
             .with_client_id(unique("test"))
+    }
+
+    async fn ready(&self) {
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while client.stats().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test daemon did not reach redis within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
