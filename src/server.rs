@@ -428,12 +428,12 @@ async fn watch_health(
         metrics.set_store_up(result.is_ok());
         match (result, serving) {
             (Err(err), true) => {
-                tracing::warn!(error = %err, "store unreachable: not serving");
+                tracing::warn!(store = %store.address(), error = %err, "store unreachable: not serving");
                 health.set(false).await;
                 serving = false;
             }
             (Ok(()), false) => {
-                tracing::info!("store reachable again: serving");
+                tracing::info!(store = %store.address(), "store reachable again: serving");
                 health.set(true).await;
                 serving = true;
             }

@@ -241,6 +241,16 @@ impl Store {
         }
     }
 
+    /// Where the store is, as it may be logged: the Redis URL without its
+    /// password, or `memory`.
+    pub fn address(&self) -> String {
+        match self.ready() {
+            Ok(Ready::Redis(r)) => r.address().to_owned(),
+            Ok(Ready::Memory(_)) => "memory".to_owned(),
+            Err(_) => "redis (not connected yet)".to_owned(),
+        }
+    }
+
     /// Whether the store answers now.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self.ready() {

@@ -88,6 +88,8 @@ pub struct RedisStore {
     /// Set once, after connecting: the daemon builds its metrics later, and
     /// the store is shared (behind `Arc`) by then.
     observer: OnceLock<Observer>,
+    /// Where this store's Redis is, without its password: for logs.
+    address: String,
 }
 
 impl RedisStore {
@@ -107,6 +109,7 @@ impl RedisStore {
             ns,
             connector,
             observer: OnceLock::new(),
+            address: crate::conn::redacted_url(&options.url),
         })
     }
 
@@ -528,6 +531,11 @@ impl RedisStore {
     pub async fn read_stats(&self) -> Result<StatsDelta, StoreError> {
         let mut conn = self.conn();
         crate::stats::read(&self.ns, &self.lanes, &mut conn).await
+    }
+
+    /// The Redis this store uses, as it may be logged (no password).
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// The key layout, for tests and tools that look at Redis directly.
