@@ -98,8 +98,10 @@ impl Daemon {
             task: Some(task),
         };
         assert!(
-            eventually(Duration::from_secs(10), || serving(addr)).await,
-            "daemon did not start serving"
+            // Reaching Redis, its checks and the notification probe can take
+            // seconds on a loaded machine.
+            eventually(Duration::from_secs(30), || serving(addr)).await,
+            "daemon did not start serving within 30 s"
         );
         daemon
     }
@@ -148,8 +150,8 @@ impl DaemonProcess {
         let addr = daemon.addr();
         // lockd listens before it has reached Redis: ready means SERVING.
         assert!(
-            eventually(Duration::from_secs(10), || serving(addr)).await,
-            "daemon process did not start serving; its log:\n{}",
+            eventually(Duration::from_secs(30), || serving(addr)).await,
+            "daemon process did not start serving within 30 s; its log:\n{}",
             daemon.log()
         );
         DaemonProcess { addr, daemon }

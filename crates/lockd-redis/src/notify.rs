@@ -20,6 +20,10 @@ use crate::error::StoreError;
 use crate::flags::{self, ConfigCheck, NOTIFY_FLAGS};
 use crate::keys::Namespace;
 
+/// The least time a probe waits for its events before it concludes that
+/// keyspace notifications do not arrive.
+const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A hint from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -316,7 +320,11 @@ impl Notifier {
                     .query_async::<i64>(&mut control),
             )
             .await?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Events arrive within milliseconds; on a loaded machine they may take
+        // longer than one call's timeout, and a probe that gives up too soon
+        // would stop a daemon whose Redis is fine.
+        let patience = self.timeout.max(PROBE_PATIENCE);
+        let deadline = tokio::time::Instant::now() + patience;
         let mut seen = Vec::new();
         while !flags::unseen_flags(&seen).is_empty() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -333,15 +341,14 @@ impl Notifier {
                 flags: NOTIFY_FLAGS.to_owned(),
                 reason: format!(
                     "CONFIG is refused ({reason}) and a probe write to {key} brought no \
-                     events for the flags {unseen:?} within {:?}",
-                    self.timeout
+                     events for the flags {unseen:?} within {patience:?}"
                 ),
             },
             _ => StoreError::NotificationsSilent {
                 flags: NOTIFY_FLAGS.to_owned(),
                 unseen,
                 key: key.to_owned(),
-                within: self.timeout,
+                within: patience,
             },
         })
     }
