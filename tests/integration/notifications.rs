@@ -271,21 +271,7 @@ async fn flags_lost_for_good_raise_an_alarm_while_locks_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_serving_after_a_restart_no_call_fails_on_a_dead_connection() {
     let mut redis = Restartable::start(&[]);
-    let prefix = unique("lanes");
-    let daemon = Daemon::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--key-prefix",
-        &prefix,
-        "--redis-connections",
-        "4",
-    ])
-    .await;
-    let mut c = daemon.client().await;
-    for i in 0..8 {
-        let lease = acquire(&mut c, req(&format!("warm-{i}"), "a")).await;
-        release(&mut c, &lease).await;
-    }
+    let (daemon, mut c) = daemon_with_warm_lanes(&redis, "lanes").await;
     redis.kill();
     // Clients keep calling while Redis is away; those calls fail.
     let mut failed_while_down = 0;
@@ -307,21 +293,7 @@ async fn once_serving_after_a_restart_no_call_fails_on_a_dead_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_right_after_a_quick_restart_means_every_lane_works() {
     let mut redis = Restartable::start(&[]);
-    let prefix = unique("quick");
-    let daemon = Daemon::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--key-prefix",
-        &prefix,
-        "--redis-connections",
-        "4",
-    ])
-    .await;
-    let mut c = daemon.client().await;
-    for i in 0..8 {
-        let lease = acquire(&mut c, req(&format!("warm-{i}"), "a")).await;
-        release(&mut c, &lease).await;
-    }
+    let (daemon, mut c) = daemon_with_warm_lanes(&redis, "quick").await;
     redis.kill();
     redis.spawn(&[]);
     assert!(
@@ -356,4 +328,25 @@ async fn every_call_succeeds(c: &mut Client, name: &str) {
         "{} failed: {failures:#?}",
         failures.len()
     );
+}
+
+/// A daemon with four lanes on `redis`, each of which has carried calls, and
+/// a client of it.
+async fn daemon_with_warm_lanes(redis: &Restartable, name: &str) -> (Daemon, Client) {
+    let prefix = unique(name);
+    let daemon = Daemon::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--key-prefix",
+        &prefix,
+        "--redis-connections",
+        "4",
+    ])
+    .await;
+    let mut c = daemon.client().await;
+    for i in 0..8 {
+        let lease = acquire(&mut c, req(&format!("warm-{i}"), "a")).await;
+        release(&mut c, &lease).await;
+    }
+    (daemon, c)
 }
