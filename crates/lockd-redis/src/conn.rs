@@ -166,6 +166,9 @@ pub fn redacted_url(url: &str) -> String {
     format!("{scheme}{userinfo}{rest}")
 }
 
+/// One multiplexed connection lock operations run on; cheap to clone.
+pub type Lane = ConnectionManager;
+
 /// A few multiplexed connections that pipeline concurrent requests; calls
 /// are spread over them in turn.
 pub struct Lanes {
@@ -176,7 +179,7 @@ pub struct Lanes {
 
 impl Lanes {
     /// The next lane.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Lane {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::conn::Lane;
 
 use crate::error::StoreError;
 use crate::keys::Namespace;
@@ -47,7 +47,7 @@ impl LeaseIndex {
     pub async fn put(
         &self,
         store: &RedisStore,
-        mut conn: ConnectionManager,
+        mut conn: Lane,
         client_id: &str,
         lock_id: &str,
         bound_ms: u64,
@@ -70,13 +70,7 @@ impl LeaseIndex {
 
     /// Drops a candidate in the background; failing only leaves garbage
     /// that its bound trims.
-    pub fn remove_later(
-        &self,
-        mut conn: ConnectionManager,
-        client_id: &str,
-        lock_id: &str,
-        timeout: Duration,
-    ) {
+    pub fn remove_later(&self, mut conn: Lane, client_id: &str, lock_id: &str, timeout: Duration) {
         let key = self.key(client_id);
         let lock_id = lock_id.to_owned();
         tokio::spawn(async move {

@@ -2,8 +2,8 @@
 //! hash as they change state, so totals are exact; reading them sums every
 //! bucket.
 
+use crate::conn::Lane;
 use lockd_core::{LockMode, StatsDelta};
-use redis::aio::ConnectionManager;
 
 use crate::conn::Lanes;
 use crate::error::StoreError;
@@ -20,7 +20,7 @@ type Counters = Vec<(String, i64)>;
 pub async fn read(
     ns: &Namespace,
     lanes: &Lanes,
-    conn: &mut ConnectionManager,
+    conn: &mut Lane,
 ) -> Result<StatsDelta, StoreError> {
     let mut pipe = redis::pipe();
     for bucket in 0..BUCKETS {

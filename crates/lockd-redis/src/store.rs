@@ -5,12 +5,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::conn::Lane;
 use futures::StreamExt;
 use lockd_core::{
     AcquireOutcome, AcquireSpec, Caller, Effects, Lease, LeaveOutcome, LockError, LockId, Outcome,
     QueueView, StatsDelta, SyncOutcome, WaiterState,
 };
-use redis::aio::ConnectionManager;
 use redis::{ScriptInvocation, Value};
 use tokio::sync::mpsc;
 
@@ -126,7 +126,7 @@ impl RedisStore {
         Notifier::connect(&self.connector, self.ns.clone(), notices).await
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Lane {
         self.lanes.conn()
     }
 
@@ -143,7 +143,7 @@ impl RedisStore {
         &self,
         named: &Named,
         invocation: &ScriptInvocation<'_>,
-        conn: &mut ConnectionManager,
+        conn: &mut Lane,
     ) -> Result<Value, StoreError> {
         let started = Instant::now();
         let result = match self.bounded(invocation.invoke_async(conn)).await {
@@ -172,7 +172,7 @@ impl RedisStore {
 
     async fn call_on(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: Lane,
         named: &Named,
         resource: &str,
         args: impl FnOnce(&mut ScriptInvocation<'_>),
