@@ -62,7 +62,9 @@ pub struct CommonArgs {
 pub struct CompareArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Systems to compare, comma-separated (default: all four).
+    /// Systems to compare, comma-separated (default: lockd-redis, lockd-dev,
+    /// redis-direct, etcd; lockd-sentinel, lockd-sentinel-noack and
+    /// lockd-cluster run only when named).
     #[arg(long = "system", value_enum, value_delimiter = ',')]
     pub systems: Vec<SystemKind>,
     /// The lockd binary (default: <workspace>/target/release/lockd, built with

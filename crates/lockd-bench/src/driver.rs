@@ -48,7 +48,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
         args.common.workloads.clone()
     };
     let systems = if args.systems.is_empty() {
-        SystemKind::ALL.to_vec()
+        SystemKind::DEFAULT.to_vec()
     } else {
         args.systems.clone()
     };
@@ -87,6 +87,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
                     replicas: if workload == Workload::Handoff { 2 } else { 1 },
                     lockd_bin: lockd_bin.clone(),
                     spin: settings.spin,
+                    lockd_args: Vec::new(),
                 };
                 let peak = peaks.get(&kind).copied();
                 if workload == Workload::Waiters {
