@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Compare(args) => compare(args).await,
         Command::Run(args) => run_existing(args).await,
+        Command::Failover(args) => crate::failover::run(args).await,
     }
 }
 
