@@ -552,7 +552,7 @@ async fn plan_cluster(
         .collect();
     let survivor = others.first().context("a cluster of one shard")?.primary;
     let spare = if spare {
-        Some(redis::add_replica(target.primary).await?)
+        Some(redis::add_replica(target.primary, &cluster.addrs()).await?)
     } else {
         None
     };

@@ -142,8 +142,11 @@ fn owner_of(text: &str, slot: u16) -> Option<SocketAddr> {
 
 /// Starts one more cluster node and makes it a replica of `primary`, so that
 /// the shard keeps a replica after a failover (as a Sentinel group does) and
-/// `WAIT 1` there can succeed again. Returns once it is in sync.
-pub async fn add_replica(primary: SocketAddr) -> Result<RedisServer> {
+/// `WAIT 1` there can succeed again. Returns once it is in sync and every one
+/// of `nodes` knows it as a replica: a node that has not heard of it yet
+/// ignores its pings, and a promoted replica that does not know it never
+/// tells it to follow, which leaves it replicating the dead primary.
+pub async fn add_replica(primary: SocketAddr, nodes: &[SocketAddr]) -> Result<RedisServer> {
     let bus = free_port()?.to_string();
     let node = tokio::task::spawn_blocking(move || {
         RedisServer::start_with(&[
@@ -205,13 +208,37 @@ pub async fn add_replica(primary: SocketAddr) -> Result<RedisServer> {
             .query_async(&mut n)
             .await?;
         if info.contains("master_link_status:up") {
-            return Ok(node);
+            break;
         }
         if Instant::now() > deadline {
             bail!("the spare replica of {primary} did not sync within 20 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut n)
+        .await
+        .context("CLUSTER MYID")?;
+    for addr in nodes {
+        let mut c = connect(*addr).await?;
+        loop {
+            let text = cluster_nodes(&mut c).await?;
+            let known = node_lines(&text).into_iter().any(|l| {
+                l.id == id
+                    && l.flags.contains(&"slave")
+                    && !l.flags.iter().any(|f| matches!(*f, "handshake" | "noaddr"))
+            });
+            if known {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{addr} did not learn of the spare replica {id} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(node)
 }
 
 /// Watches for the new primary after `old` was killed: resolves with the time
