@@ -44,6 +44,10 @@ use crate::systems::{AbortOnDrop, LockReq, LockSystem, SystemKind};
 /// Lease TTL of every lock taken here (capped by a case's --max-ttl).
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
+/// TTL of the lease held across the kill, whose renewal is timed: long
+/// enough to outlive the failover. Cases whose --max-ttl is shorter skip it.
+const HELD_TTL: Duration = Duration::from_secs(30);
+
 /// How long a system that was just started may take to grant its first lock.
 const WARM_UP: Duration = Duration::from_secs(20);
 
@@ -87,11 +91,13 @@ impl Case {
                 .into(),
             Some(Quarantine::For(d)) if d.is_zero() => format!(
                 "kill -9 of {store} -> first grant on a fresh resource there: the \
-                 store's failover plus lockd's switch to the new primary"
+                 store's failover plus lockd's switch to the new primary; and the first \
+                 renewal of a lease held across the kill"
             ),
             Some(Quarantine::Default) => format!(
-                "kill -9 of {store} -> first grant on a fresh resource there with lockd's \
-                 default quarantine, which a fresh resource of the failed-over primary waits out"
+                "kill -9 of {store} with lockd's default quarantine (--max-ttl): a fresh \
+                 resource there waits out the quarantine, so the held lease's first \
+                 renewal is the figure of service coming back"
             ),
             Some(Quarantine::For(d)) => format!(
                 "kill -9 of {store} -> first grant on a fresh resource there: how long the \
@@ -152,6 +158,9 @@ struct RunResult {
     kill_call_ms: f64,
     /// lockd-cluster: locks on the other shards taken while the fresh one was tried.
     other_shards: Option<OtherShards>,
+    /// lockd: Renew, tried the same way, of a lease taken before the kill on
+    /// the primary that was killed (replicated there by --min-replicas-ack).
+    renewal: Option<Attempts>,
     /// Why the run has no figure.
     error: Option<String>,
 }
@@ -214,6 +223,9 @@ struct CaseResult {
     promotion_ms: Option<Spread>,
     /// New primary or leader named to the first grant.
     after_promotion_ms: Option<Spread>,
+    /// lockd: kill to the first renewal of the lease held across it.
+    renewal_ms: Option<Spread>,
+    renewed_runs: usize,
     notes: Vec<String>,
     run_results: Vec<RunResult>,
 }
@@ -388,7 +400,25 @@ fn summarize(case: &Case, runs: Vec<RunResult>, give_up: Duration) -> CaseResult
         .iter()
         .filter_map(|r| Some(r.attempts.granted?.saturating_sub(r.promoted_ms?)))
         .collect();
+    let renewed: Vec<Duration> = runs
+        .iter()
+        .filter_map(|r| r.renewal.as_ref()?.granted)
+        .collect();
     let mut notes = Vec::new();
+    let renew_tried = runs.iter().filter(|r| r.renewal.is_some()).count();
+    if renewed.len() < renew_tried {
+        let last = runs
+            .iter()
+            .filter_map(|r| r.renewal.as_ref())
+            .find(|a| a.granted.is_none())
+            .and_then(|a| a.last_failure.as_deref())
+            .unwrap_or("-");
+        notes.push(format!(
+            "{} of {renew_tried} held leases not renewed: {}",
+            renew_tried - renewed.len(),
+            flatten(last, 160)
+        ));
+    }
     let errors = runs.iter().filter(|r| r.error.is_some()).count();
     if errors > 0 {
         let first = runs.iter().find_map(|r| r.error.as_deref()).unwrap_or("");
@@ -442,6 +472,8 @@ fn summarize(case: &Case, runs: Vec<RunResult>, give_up: Duration) -> CaseResult
         failover_ms: Spread::of(&granted),
         promotion_ms: Spread::of(&promoted),
         after_promotion_ms: Spread::of(&after),
+        renewal_ms: Spread::of(&renewed),
+        renewed_runs: renewed.len(),
         notes,
         run_results: runs,
     }
@@ -461,8 +493,9 @@ fn flatten(text: &str, max: usize) -> String {
 fn table(results: &[CaseResult]) -> String {
     let mut out = String::from(
         "| system | lockd flags | granted | failover median ms | min | max | \
-         new primary named, median (min-max) ms | then to grant, median ms | notes |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---|\n",
+         new primary named, median (min-max) ms | then to grant, median ms | \
+         held lease renewed, median (min-max) ms | notes |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     let num = |v: f64| format!("{v:.0}");
     for r in results {
@@ -474,13 +507,16 @@ fn table(results: &[CaseResult]) -> String {
             format!("{} ({}-{})", num(s.median), num(s.min), num(s.max))
         });
         let after = r.after_promotion_ms.map_or("-".into(), |s| num(s.median));
+        let renewal = r.renewal_ms.map_or("-".into(), |s| {
+            format!("{} ({}-{})", num(s.median), num(s.min), num(s.max))
+        });
         let flags = if r.lockd_args.is_empty() {
             "-".to_string()
         } else {
             format!("`{}`", r.lockd_args.join(" "))
         };
         out.push_str(&format!(
-            "| {} | {} | {}/{} | {median} | {min} | {max} | {promoted} | {after} | {} |\n",
+            "| {} | {} | {}/{} | {median} | {min} | {max} | {promoted} | {after} | {renewal} | {} |\n",
             r.system,
             flags,
             r.granted_runs,
@@ -520,8 +556,9 @@ async fn warm_up(sys: &dyn LockSystem, slot: usize, resource: &str, ttl: Duratio
 /// runs beside it.
 struct ClusterPlan {
     slot: u16,
-    /// A resource on the same shard, taken before the kill.
+    /// Resources on the same shard, taken before the kill: one released, one held.
     warm: String,
+    held: String,
     /// One resource on each other shard, taken while the fresh one is tried.
     other: Vec<String>,
     /// A primary of another shard, which the watcher asks.
@@ -559,6 +596,7 @@ async fn plan_cluster(
     Ok(ClusterPlan {
         slot,
         warm: redis::name_in_slots(&format!("{base}warm-"), &target.slots, true),
+        held: redis::name_in_slots(&format!("{base}held-"), &target.slots, true),
         other: others
             .iter()
             .enumerate()
@@ -596,6 +634,31 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
         .as_ref()
         .map_or(format!("{base}warm"), |p| p.warm.clone());
     warm_up(lockd.as_ref(), 0, &warm, ttl).await?;
+    // A lease that lives through the failover (its --min-replicas-ack replica
+    // has it), whose renewal is timed beside the fresh grant.
+    let held = if case
+        .quarantine
+        .and_then(Quarantine::max_ttl)
+        .is_none_or(|m| m >= HELD_TTL)
+    {
+        let name = plan
+            .as_ref()
+            .map_or(format!("{base}held"), |p| p.held.clone());
+        let req = LockReq {
+            resource: name,
+            client_id: "failover-held".into(),
+            ttl_ms: HELD_TTL.as_millis() as u64,
+            wait: Duration::from_secs(1),
+        };
+        Some(
+            lockd
+                .acquire(0, &req)
+                .await
+                .context("taking the lease held across the kill")?,
+        )
+    } else {
+        None
+    };
     let other = plan.as_ref().map(|p| p.other.clone()).unwrap_or_default();
     let other_lockd = Arc::new(Lockd::connect(case.system.name(), &[addr], 1).await?);
     for name in &other {
@@ -645,11 +708,21 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
         ttl_ms: ttl.as_millis() as u64,
         wait: ctx.attempt_wait,
     };
-    let attempts = until_granted(start, ctx.pace, |_| {
+    let fresh = until_granted(start, ctx.pace, |_| {
         let (lockd, req) = (lockd.clone(), req.clone());
         Box::pin(async move { lockd.acquire(0, &req).await.map(|_| ()) })
-    })
-    .await;
+    });
+    let renewal = async {
+        let held = held.as_ref()?;
+        Some(
+            until_granted(start, ctx.pace, |_| {
+                let (lockd, held) = (lockd.clone(), held.clone());
+                Box::pin(async move { lockd.renew(0, &held).await })
+            })
+            .await,
+        )
+    };
+    let (attempts, renewal) = tokio::join!(fresh, renewal);
     stop.store(true, Ordering::Relaxed);
     let other_shards = match other_task {
         Some(mut t) => tokio::time::timeout(Duration::from_secs(5), &mut t.0)
@@ -677,6 +750,7 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
         new_primary: promoted.map(|p| p.1.to_string()),
         kill_call_ms: ms(kill_call),
         other_shards,
+        renewal,
         error: None,
     })
 }
@@ -787,6 +861,7 @@ async fn etcd_run(ctx: &RunCtx, run: u32) -> Result<RunResult> {
         new_primary: elected.map(|e| format!("member {:x}", e.1)),
         kill_call_ms: ms(kill_call),
         other_shards: None,
+        renewal: None,
         error: None,
     })
 }
