@@ -857,6 +857,10 @@ fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
             }
         }
         Value::Array(items) => items.iter().for_each(|v| collect_run_ids(v, out)),
+        // RESP3 sends INFO as verbatim text.
+        Value::VerbatimString { text, .. } => {
+            collect_run_ids(&Value::SimpleString(text.clone()), out)
+        }
         other => {
             if let Ok(text) = text(other) {
                 out.extend(
@@ -912,4 +916,29 @@ fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
 fn unexpected(script: &'static str, status: &str) -> LockError {
     tracing::error!(script, status, "unexpected script status");
     LockError::Internal(format!("script {script} answered {status:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_come_from_one_server_or_every_cluster_primary() {
+        let one = Value::BulkString(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n".to_vec());
+        let mut ids = Vec::new();
+        collect_run_ids(&one, &mut ids);
+        assert_eq!(ids, ["abc"]);
+
+        let node = |id: &str| Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: format!("# Server\r\nrun_id:{id}\r\ntcp_port:1\r\n"),
+        };
+        let cluster = Value::Map(vec![
+            (Value::SimpleString("127.0.0.1:7000".into()), node("x")),
+            (Value::SimpleString("127.0.0.1:7001".into()), node("y")),
+        ]);
+        let mut ids = Vec::new();
+        collect_run_ids(&cluster, &mut ids);
+        assert_eq!(ids, ["x", "y"]);
+    }
 }
