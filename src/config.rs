@@ -27,7 +27,10 @@ pub struct Config {
     #[arg(long, env = "LOCKD_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
-    /// Redis to keep lock state in: redis://[user:password@]host:port[/db].
+    /// Redis to keep lock state in: redis://[user:password@]host:port[/db]
+    /// (rediss:// for TLS); Sentinel:
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db];
+    /// Cluster: redis+cluster://[user:password@]host:port[,host:port...] (seed nodes).
     #[arg(
         long,
         env = "LOCKD_REDIS_URL",
@@ -49,8 +52,10 @@ pub struct Config {
     #[arg(long, env = "LOCKD_DEFAULT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub default_ttl: Duration,
 
-    /// Longest lease time to live a request may ask for. At least 1ms.
-    #[arg(long, env = "LOCKD_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// Longest lease time to live a request may ask for. At least 1ms. It is
+    /// also how long a Redis failover stops new grants by default
+    /// (--failover-quarantine): longer jobs renew their lease.
+    #[arg(long, env = "LOCKD_MAX_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
     /// Shortest lease time to live a request may ask for: a shorter lease would
@@ -92,6 +97,26 @@ pub struct Config {
     /// time for the next one before the entries lapse.
     #[arg(long, env = "LOCKD_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
+
+    /// After the Redis server holding a resource changes (a Sentinel or
+    /// Cluster failover, or a restart that may have lost writes), grant
+    /// nothing on it for this long, so that a lease lost with the old server
+    /// has ended first. Default: --max-ttl, the longest a lost lease lasts.
+    /// Shorter trades that safety for availability; 0 turns it off.
+    #[arg(long, env = "LOCKD_FAILOVER_QUARANTINE", value_parser = humantime::parse_duration)]
+    pub failover_quarantine: Option<Duration>,
+
+    /// Replicas that must confirm a grant or renewal (Redis WAIT) before it
+    /// is answered; on a timeout the grant is released and the call fails
+    /// UNAVAILABLE. Default: 1 with a Sentinel or Cluster URL, 0 (the
+    /// primary alone) with a single server.
+    #[arg(long, env = "LOCKD_MIN_REPLICAS_ACK")]
+    pub min_replicas_ack: Option<usize>,
+
+    /// How long a grant or renewal waits for --min-replicas-ack replicas.
+    /// Default: --redis-timeout.
+    #[arg(long, env = "LOCKD_MIN_REPLICAS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub min_replicas_timeout: Option<Duration>,
 
     /// Multiplexed Redis connections for lock operations. At least 1.
     #[arg(long, env = "LOCKD_REDIS_CONNECTIONS", default_value_t = 4)]
@@ -221,6 +246,9 @@ impl Config {
                 Some(toml::Value::Boolean(self.list_held_index)),
             ),
             ("redis_timeout", duration(self.redis_timeout)),
+            ("failover_quarantine", duration(self.quarantine())),
+            ("min_replicas_ack", int(self.replicas_ack() as u64)),
+            ("min_replicas_timeout", duration(self.replicas_timeout())),
             ("redis_connections", int(self.redis_connections as u64)),
             ("waiter_liveness", duration(self.waiter_liveness)),
             ("shutdown_grace", duration(self.shutdown_grace)),
@@ -307,6 +335,13 @@ impl Config {
                 "must be above 0: every Redis call would time out",
             ));
         }
+        if self.replicas_ack() > 0 && self.replicas_timeout().as_millis() == 0 {
+            return Err(bad_flag(
+                "min-replicas-timeout",
+                show(self.replicas_timeout()),
+                "must be at least 1ms when --min-replicas-ack is above 0: no replica could confirm in time",
+            ));
+        }
         let quarter = self.waiter_liveness / 4;
         if self.redis_timeout > quarter {
             return Err(conflict(
@@ -321,6 +356,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How long a bucket grants nothing after its Redis server changed.
+    pub fn quarantine(&self) -> Duration {
+        self.failover_quarantine.unwrap_or(self.max_ttl)
+    }
+
+    /// Replicas that must confirm a grant: as set, else 1 where the URL
+    /// names replicas (Sentinel, Cluster).
+    pub fn replicas_ack(&self) -> usize {
+        self.min_replicas_ack.unwrap_or_else(|| {
+            let scheme = self.redis_url.split("://").next().unwrap_or_default();
+            usize::from(scheme.ends_with("+sentinel") || scheme.ends_with("+cluster"))
+        })
+    }
+
+    /// How long a grant waits for its replicas.
+    pub fn replicas_timeout(&self) -> Duration {
+        self.min_replicas_timeout.unwrap_or(self.redis_timeout)
     }
 
     /// The request limits this configuration sets.

@@ -157,6 +157,13 @@ pub async fn run(
         redis_url = redis_url.as_deref().unwrap_or("-"),
         "lockd serving"
     );
+    if !config.dev && config.quarantine() < config.max_ttl {
+        tracing::warn!(
+            failover_quarantine = %humantime::format_duration(config.quarantine()),
+            max_ttl = %humantime::format_duration(config.max_ttl),
+            "--failover-quarantine is shorter than --max-ttl: after a redis failover a lease lost with the old primary may still be held when its resource is granted again"
+        );
+    }
     let (why_tx, why_rx) = oneshot::channel::<DaemonError>();
     let stopping = {
         let health = Arc::clone(&health);
@@ -253,6 +260,9 @@ fn redis_options(config: &Config) -> RedisOptions {
         timeout: config.redis_timeout,
         list_held_index: config.list_held_index,
         max_ttl: config.max_ttl,
+        failover_quarantine: config.quarantine(),
+        min_replicas_ack: config.replicas_ack(),
+        replicas_timeout: config.replicas_timeout(),
     }
 }
 

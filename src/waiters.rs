@@ -64,6 +64,8 @@ enum Update {
     Gone,
     /// This daemon could not reach the store for longer than its liveness.
     Unreachable,
+    /// Granted, but fewer replicas than `--min-replicas-ack` confirmed it.
+    Unconfirmed,
 }
 
 /// What a waiting call sees next.
@@ -302,6 +304,9 @@ impl Waiters {
         for (secret, lease) in effects.my_grants {
             let resource = lease.resource.clone();
             self.deliver(&resource, &secret, Update::Granted(lease));
+        }
+        for secret in effects.unconfirmed_grants {
+            self.deliver(resource, &secret, Update::Unconfirmed);
         }
         if let Some(ms) = effects.next_expiry_in_ms {
             self.arm_timer(resource, ms);
@@ -692,6 +697,12 @@ impl Ticket {
             Update::Unreachable => Err(LockError::Unavailable(
                 "lockd could not reach redis for longer than --waiter-liveness; \
                  the place in line is lost, try again"
+                    .to_owned(),
+            )),
+            // Dropping the ticket leaves, which releases the grant.
+            Update::Unconfirmed => Err(LockError::Unavailable(
+                "the grant was not confirmed by --min-replicas-ack replicas in time, \
+                 so a redis failover could lose it; it was released, try again"
                     .to_owned(),
             )),
         }

@@ -174,7 +174,7 @@ fn a_bad_file_is_refused_naming_the_key() {
         // Checked as a whole, against each other, once merged.
         (
             "default_ttl = \"48h\"\n",
-            vec!["--default-ttl 48h", "--max-ttl 24h"],
+            vec!["--default-ttl 48h", "--max-ttl 5m"],
         ),
     ] {
         let (status, stderr) = refused(&dir, text);
@@ -221,4 +221,35 @@ fn print_config_masks_the_password_and_reads_back() {
     let file = write(&dir, "printed.toml", &stdout);
     let again = lockd(&["--config", &file, "--print-config"], &[]);
     assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
+}
+
+#[test]
+fn failover_defaults_are_safe_and_follow_the_url() {
+    let single = printed(&[], &[]);
+    assert_eq!(get(&single, "min_replicas_ack").as_integer(), Some(0));
+    assert_eq!(get(&single, "failover_quarantine").as_str(), Some("5m"));
+    assert_eq!(get(&single, "min_replicas_timeout").as_str(), Some("1s"));
+    for url in [
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+    ] {
+        let replicated = printed(&["--redis-url", url, "--max-ttl", "90s"], &[]);
+        assert_eq!(
+            get(&replicated, "min_replicas_ack").as_integer(),
+            Some(1),
+            "{url}"
+        );
+        // The quarantine follows the longest lease unless set.
+        assert_eq!(
+            get(&replicated, "failover_quarantine").as_str(),
+            Some("90s"),
+            "{url}"
+        );
+    }
+    let traded = printed(
+        &["--failover-quarantine", "0s", "--min-replicas-ack", "0"],
+        &[("LOCKD_REDIS_URL", "redis+cluster://127.0.0.1:7000")],
+    );
+    assert_eq!(get(&traded, "min_replicas_ack").as_integer(), Some(0));
+    assert_eq!(get(&traded, "failover_quarantine").as_str(), Some("0s"));
 }

@@ -7,6 +7,7 @@ mod api;
 mod basics;
 mod config_file;
 mod contracts;
+mod failover;
 mod failures;
 mod http;
 mod lock_ids;

@@ -55,7 +55,7 @@ async fn metrics_families_exist_and_move() {
     assert!(has(&before, "process_cpu_seconds_total") >= 0.0);
     // The hold and wait histograms reach the default --max-ttl and --max-wait.
     assert!(
-        before.contains(r#"lockd_hold_seconds_bucket{le="86400.0"}"#),
+        before.contains(r#"lockd_hold_seconds_bucket{le="300.0"}"#),
         "{before}"
     );
     assert!(

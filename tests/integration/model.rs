@@ -70,12 +70,12 @@ impl Twin {
     /// A fresh engine, and a store on `server` under a key prefix of its own.
     async fn open(server: &RedisServer, name: &str) -> Twin {
         let redis = RedisStore::connect(&RedisOptions {
-            url: server.url(),
             key_prefix: unique(name),
             connections: 1,
             timeout: Duration::from_secs(2),
             list_held_index: true,
             max_ttl: Duration::from_secs(24 * 3600),
+            ..RedisOptions::new(server.url(), "")
         })
         .await
         .expect("connect to test redis");

@@ -78,6 +78,10 @@ fn slow_sync(url: &str, prefix: &str) -> Vec<String> {
         "30s",
         "--redis-timeout",
         "1s",
+        // These tests restart Redis to test connections and notifications;
+        // the quarantine a restart starts is tested in failover.rs.
+        "--failover-quarantine",
+        "0s",
     ]
     .map(String::from)
     .to_vec()
@@ -341,6 +345,8 @@ async fn daemon_with_warm_lanes(redis: &Restartable, name: &str) -> (Daemon, Cli
         &prefix,
         "--redis-connections",
         "4",
+        "--failover-quarantine",
+        "0s",
     ])
     .await;
     let mut c = daemon.client().await;

@@ -25,7 +25,7 @@ fn refused() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
     vec![
         (
             vec!["--default-ttl", "48h"],
-            vec!["--default-ttl 48h", "--max-ttl 24h"],
+            vec!["--default-ttl 48h", "--max-ttl 5m"],
         ),
         (
             vec!["--default-wait", "2h"],
@@ -85,7 +85,7 @@ async fn run_refuses_bad_flags_before_connecting() {
 #[test]
 fn limits_are_inclusive() {
     for args in [
-        &["--default-ttl", "24h"][..],
+        &["--default-ttl", "5m"][..],
         &["--default-wait", "1h"],
         &["--redis-timeout", "1s", "--waiter-liveness", "4s"],
         &["--redis-timeout", "250ms", "--waiter-liveness", "1s"],

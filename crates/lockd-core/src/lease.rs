@@ -122,6 +122,11 @@ pub struct Effects {
     /// Grants made to this daemon's waiters, by this or by another daemon's call,
     /// that this call took over. Each must reach its waiter or be released.
     pub my_grants: Vec<(String, Lease)>,
+    /// Grants to this daemon's waiters that this call took over but fewer
+    /// replicas than required confirmed (`--min-replicas-ack`): a failover
+    /// could lose them, so they must not reach their waiters. Each waiter
+    /// fails UNAVAILABLE and leaves, which releases its grant.
+    pub unconfirmed_grants: Vec<String>,
     /// Milliseconds until the earliest holder's lease ends, when waiters remain.
     pub next_expiry_in_ms: Option<u64>,
     /// State changes, for statistics.

@@ -17,11 +17,15 @@ if cancelled_at then
 end
 promote()
 -- Granted at once only when nobody is queued ahead: no barging.
-if qlen == 0 and admits(mode) then
+local free = qlen == 0 and admits(mode)
+if free and not quarantined then
   local h = grant(secret, mode, ttl, maxr, client)
   return finish(me, 'granted', fmt_holder(h))
 end
 if wait == 0 then
+  if free then
+    return finish(me, 'quarantined', quarantine_end - now)
+  end
   return finish(me, 'busy')
 end
 if max_queue > 0 and qlen >= max_queue then

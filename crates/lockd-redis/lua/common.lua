@@ -15,15 +15,17 @@
 --   G  inbox: secret -> daemon id, grants not yet taken over by that daemon
 --   K  cancelled: zset of secrets whose leave ran before their acquire (outcome
 --      unknown), scored by when; honoured for CANCEL_KEEP_MS
---   S  the bucket's statistics counters and fencing-token floor (field f)
+--   S  the bucket's statistics counters, fencing-token floor (field f), and the
+--      server that last wrote it and its quarantine (fields n, q: failover.lua)
 --   T  the bucket's grants per resource
 --   U  the bucket's due index: resource -> when it next needs a sweep (ms)
 --   E  holders by when their leases end (ms): the only view of every holder a
 --      script takes, so that no operation's work grows with the holders
 -- ARGV (shared head, from crates/lockd-redis/src/scripts.rs):
 --   resource, wait_grace_ms, cancel_keep_ms, purge_limit, grant_limit,
---   expire_limit, shared mode codes, top_keep; each script's own arguments
---   start at ARGV[9].
+--   expire_limit, shared mode codes, top_keep, quarantine_ms, known (1 once
+--   the daemon recorded every bucket's server); each script's own arguments
+--   start at ARGV[11].
 --
 -- Nothing here relies on a key expiring: the due index brings every resource
 -- back to a sweep when its next lease ends or a daemon's liveness lapses, so
@@ -41,12 +43,21 @@ for code in string.gmatch(ARGV[7], '%d+') do
   SHARED[tonumber(code)] = true
 end
 local TOP_KEEP = tonumber(ARGV[8])
-local A = 9
+local QUARANTINE_MS = tonumber(ARGV[9])
+local KNOWN = ARGV[10] == '1'
+local A = 11
 
 -- Time comes from the Redis server and is frozen for the whole script.
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local now = math.floor(now_us / 1000)
+
+-- A bucket the previous server may have lost writes of grants nothing until
+-- its quarantine ends; the token floor only grows and never expires, so
+-- tokens increase whatever the clock does.
+local quarantine_end, floor = check_server(S, now, now_us, QUARANTINE_MS, KNOWN)
+local quarantined = now < quarantine_end
+local floor_moved = false
 
 -- Events for the daemon's metrics: g<mode>, r|x|a<mode>:<held ms>, q+, q-<count>.
 local events = {}
@@ -197,14 +208,9 @@ local function end_hold(secret, how, held_ms)
   count('hm', held_ms)
 end
 
--- The bucket's fencing-token floor, read on the first grant. It only grows
--- and never expires, so tokens increase whatever the clock does.
-local floor = nil
 local function next_token()
-  if floor == nil then
-    floor = tonumber(redis.call('HGET', S, 'f') or '0')
-  end
   floor = math.max(floor + 1, now_us)
+  floor_moved = true
   return floor
 end
 
@@ -359,7 +365,7 @@ local function promote()
       end
       purged = purged + 1
       remove_entry(head, w, seq)
-    elseif not admits(w.mode) then
+    elseif quarantined or not admits(w.mode) then
       break
     elseif promoted >= GRANT_LIMIT then
       promote_pending = true
@@ -415,6 +421,11 @@ local function finish(me, status, payload)
   if promote_pending then
     due = now
   end
+  -- The queue's head is granted when the quarantine ends, by the reaper if
+  -- nothing else comes by.
+  if quarantined and qlen > 0 and (due == nil or quarantine_end < due) then
+    due = quarantine_end
+  end
   if due ~= nil then
     redis.call('ZADD', U, due, RESOURCE)
   elseif had_state then
@@ -429,7 +440,7 @@ local function finish(me, status, payload)
       granted = granted + n
     end
   end
-  if floor ~= nil then
+  if floor_moved then
     redis.call('HSET', S, 'f', string.format('%d', floor))
   end
   if granted > 0 then

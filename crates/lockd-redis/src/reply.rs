@@ -11,6 +11,9 @@ pub(crate) struct ScriptReply {
     pub payload: Value,
     pub effects: Effects,
     pub queue_length: u64,
+    /// Set when the reply grants or renews something fewer replicas than
+    /// required confirmed: why, for the client's UNAVAILABLE.
+    pub unconfirmed: Option<String>,
 }
 
 fn bad(what: impl Into<String>) -> StoreError {
@@ -165,6 +168,7 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
         payload,
         effects,
         queue_length,
+        unconfirmed: None,
     })
 }
 

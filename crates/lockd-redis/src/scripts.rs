@@ -29,17 +29,24 @@ pub struct Scripts {
     pub held: Named,
     pub index: Named,
     pub reaper: Named,
+    /// The pass over one bucket that notices a changed server (`bucket.lua`).
+    pub bucket: Named,
     /// The shared-class mode codes, as common.lua takes them.
     shared_codes: String,
+    /// How long a bucket grants nothing once its server changed (failover.lua).
+    quarantine_ms: u64,
 }
 
 impl Scripts {
-    pub fn new() -> Scripts {
+    /// The scripts, with `quarantine` as the time a bucket grants nothing
+    /// after its server changed.
+    pub fn new(quarantine: std::time::Duration) -> Scripts {
         let records = include_str!("../lua/records.lua");
+        let failover = include_str!("../lua/failover.lua");
         let common = include_str!("../lua/common.lua");
         let with_common = |name, op: &str| Named {
             name,
-            script: Script::new(&format!("{records}\n{common}\n{op}")),
+            script: Script::new(&format!("{records}\n{failover}\n{common}\n{op}")),
         };
         // A read-only script's flags line must stay its first line.
         let reading_records = |name, source: &str| {
@@ -71,17 +78,27 @@ impl Scripts {
             held: alone("held", include_str!("../lua/held.lua")),
             index: alone("index", include_str!("../lua/index.lua")),
             reaper: alone("reaper", include_str!("../lua/reaper.lua")),
+            bucket: Named {
+                name: "bucket",
+                script: Script::new(&format!(
+                    "{failover}\n{}",
+                    include_str!("../lua/bucket.lua")
+                )),
+            },
             shared_codes,
+            quarantine_ms: u64::try_from(quarantine.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     /// An invocation of a resource script: its keys and the shared argument
-    /// head, to which the caller adds the script's own arguments.
+    /// head, to which the caller adds the script's own arguments. `known`:
+    /// this daemon recorded every bucket's server already (failover.lua).
     pub fn resource_call<'a>(
         &'a self,
         named: &'a Named,
         resource: &str,
         keys: &ResourceKeys,
+        known: bool,
     ) -> ScriptInvocation<'a> {
         let mut invocation = named.script.prepare_invoke();
         for key in keys.all() {
@@ -95,13 +112,19 @@ impl Scripts {
             .arg(GRANT_LIMIT)
             .arg(EXPIRE_LIMIT)
             .arg(&self.shared_codes)
-            .arg(TOP_KEEP);
+            .arg(TOP_KEEP)
+            .arg(self.quarantine_ms)
+            .arg(u8::from(known));
         invocation
     }
-}
 
-impl Default for Scripts {
-    fn default() -> Scripts {
-        Scripts::new()
+    /// An invocation of the bucket pass on the bucket whose statistics hash is `stats`.
+    pub fn bucket_call<'a>(&'a self, stats: &str, known: bool) -> ScriptInvocation<'a> {
+        let mut invocation = self.bucket.script.prepare_invoke();
+        invocation
+            .key(stats)
+            .arg(self.quarantine_ms)
+            .arg(u8::from(known));
+        invocation
     }
 }

@@ -33,7 +33,13 @@ pub async fn read(
         let [fields, top] = pair else {
             return Err(StoreError::Reply("short statistics reply".to_owned()));
         };
-        let fields: Counters = redis::from_redis_value_ref(fields).map_err(parse_error)?;
+        let fields: Vec<(String, String)> =
+            redis::from_redis_value_ref(fields).map_err(parse_error)?;
+        // `n` (the server that last wrote the bucket) is the one text field.
+        let fields: Counters = fields
+            .into_iter()
+            .filter_map(|(field, value)| Some((field, value.parse().ok()?)))
+            .collect();
         let top: Vec<(String, f64)> = redis::from_redis_value_ref(top).map_err(parse_error)?;
         add_bucket(&mut totals, fields);
         for (resource, n) in top {
@@ -49,8 +55,8 @@ fn parse_error(err: impl std::fmt::Display) -> StoreError {
 
 /// Adds one bucket's fields, as common.lua writes them: `g<mode code>`
 /// (grants), `r<code>`, `x<code>`, `a<code>` (holds released, expired and
-/// abandoned), `hm` (their summed hold time) and `w` (waiting); `f` is the
-/// token floor, not a counter. Live leases are grants less ended holds.
+/// abandoned), `hm` (their summed hold time) and `w` (waiting); `f` (the
+/// token floor) and `q` (the quarantine's end) are not counters. Live leases are grants less ended holds.
 fn add_bucket(totals: &mut StatsDelta, fields: Counters) {
     for (field, n) in fields {
         let unsigned = n.max(0) as u64;

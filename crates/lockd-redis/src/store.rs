@@ -2,6 +2,7 @@
 //! multiplexed connections, the reaper that sweeps resources nobody touches,
 //! and the read-only views (GetLock, GetQueue).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,34 @@ pub struct RedisOptions {
     /// The longest lease a renewal may set: the lease index's bound for a
     /// renewal that keeps the lease's own TTL.
     pub max_ttl: Duration,
+    /// How long a bucket grants nothing after its Redis server changed (a
+    /// failover or a restart that may have lost writes).
+    pub failover_quarantine: Duration,
+    /// Replicas that must confirm a grant or renewal (`WAIT`) before it is
+    /// answered; 0 answers once the primary has it.
+    pub min_replicas_ack: usize,
+    /// How long to wait for those confirmations.
+    pub replicas_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// The daemon's defaults for `url` and `key_prefix`: four lanes, a 1 s
+    /// bound, the lease index on, leases of at most 5 minutes, a quarantine
+    /// as long, and no replica confirmations.
+    pub fn new(url: impl Into<String>, key_prefix: impl Into<String>) -> RedisOptions {
+        let max_ttl = Duration::from_secs(300);
+        RedisOptions {
+            url: url.into(),
+            key_prefix: key_prefix.into(),
+            connections: 4,
+            timeout: Duration::from_secs(1),
+            list_held_index: true,
+            max_ttl,
+            failover_quarantine: max_ttl,
+            min_replicas_ack: 0,
+            replicas_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Told of every script call's round trip: the script's name, how long it
@@ -77,6 +106,13 @@ const REAP_CONCURRENCY: usize = 16;
 /// reaper's turn passes to another daemon after this.
 const REAPER_CLAIM_MS: u64 = 3_000;
 
+/// Replicas that must confirm a grant before it is answered.
+#[derive(Debug, Clone, Copy)]
+struct Confirm {
+    replicas: usize,
+    within: Duration,
+}
+
 /// Lock state in Redis.
 pub struct RedisStore {
     lanes: Lanes,
@@ -90,6 +126,12 @@ pub struct RedisStore {
     observer: OnceLock<Observer>,
     /// Where this store's Redis is, without its password: for logs.
     address: String,
+    /// Every bucket's server was recorded by this store's first bucket pass:
+    /// from then on a bucket without a record has lost its data.
+    known: AtomicBool,
+    confirm: Option<Confirm>,
+    /// The run_ids of the primaries the lanes reach, as last read.
+    servers: std::sync::Mutex<Vec<String>>,
 }
 
 impl RedisStore {
@@ -100,9 +142,9 @@ impl RedisStore {
         let ns = Namespace::new(&options.key_prefix, connector.db());
         check_layout(&ns, &lanes).await?;
         check_eviction(&lanes).await?;
-        Ok(RedisStore {
+        let store = RedisStore {
             lanes,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(options.failover_quarantine),
             index: options
                 .list_held_index
                 .then(|| LeaseIndex::new(ns.clone(), options.max_ttl, options.timeout)),
@@ -110,7 +152,92 @@ impl RedisStore {
             connector,
             observer: OnceLock::new(),
             address: crate::conn::redacted_url(&options.url),
-        })
+            known: AtomicBool::new(false),
+            confirm: (options.min_replicas_ack > 0).then_some(Confirm {
+                replicas: options.min_replicas_ack,
+                within: options.replicas_timeout,
+            }),
+            servers: std::sync::Mutex::new(Vec::new()),
+        };
+        store.servers_changed().await?;
+        store.check_buckets().await?;
+        Ok(store)
+    }
+
+    /// Reads the run_id of every primary the lanes reach (one, or each
+    /// Cluster primary) and says whether the set changed since last read.
+    async fn servers_changed(&self) -> Result<bool, StoreError> {
+        let info: Value = self
+            .bounded(
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut self.conn()),
+            )
+            .await?;
+        let mut run_ids = Vec::new();
+        collect_run_ids(&info, &mut run_ids);
+        run_ids.sort();
+        let mut seen = self
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *seen != run_ids;
+        *seen = run_ids;
+        Ok(changed)
+    }
+
+    /// Runs the bucket pass on every bucket: records each bucket's server,
+    /// and starts the quarantine of buckets whose server changed since it was
+    /// recorded. Returns how many buckets it found changed. The lock scripts
+    /// make the same check themselves; this pass only makes a failover's
+    /// quarantine start when it is noticed rather than when a bucket is next used.
+    pub async fn check_buckets(&self) -> Result<usize, StoreError> {
+        let known = self.known.load(Ordering::Relaxed);
+        let mut pipe = redis::pipe();
+        for bucket in 0..BUCKETS {
+            let stats = self.ns.stats(bucket);
+            let call = self.scripts.bucket_call(&stats, known);
+            pipe.invoke_script(&call);
+        }
+        let started = Instant::now();
+        let mut conn = self.conn();
+        // A pipeline of EVALSHA does not load scripts: load it first.
+        let loaded: Result<String, StoreError> = self
+            .bounded(
+                self.scripts
+                    .bucket
+                    .script
+                    .prepare_invoke()
+                    .load_async(&mut conn),
+            )
+            .await;
+        let result: Result<Vec<(i64, i64)>, StoreError> = match loaded {
+            Ok(_) => self.bounded(pipe.query_async(&mut conn)).await,
+            Err(err) => Err(err),
+        };
+        let result = result.map_err(|err| match err {
+            StoreError::Redis(err) => StoreError::from_script("bucket", err),
+            other => other,
+        });
+        if let Some(observe) = self.observer.get() {
+            observe(
+                "bucket",
+                started.elapsed(),
+                result.as_ref().err().map(error_kind),
+            );
+        }
+        let replies = result?;
+        self.known.store(true, Ordering::Relaxed);
+        let changed = replies.iter().filter(|(changed, _)| *changed == 1).count();
+        if changed > 0 {
+            let longest = replies.iter().map(|(_, left)| *left).max().unwrap_or(0);
+            tracing::warn!(
+                buckets = changed,
+                quarantine_ms = longest,
+                "the redis server changed since it last held lock state (a failover or a restart that may have lost writes): no new grants in those buckets until their quarantine ends"
+            );
+        }
+        Ok(changed)
     }
 
     /// Sets the [`Observer`] of script calls; only the first one set counts.
@@ -178,13 +305,54 @@ impl RedisStore {
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<ScriptReply, StoreError> {
         let keys = self.ns.resource(resource);
-        let mut invocation = self.scripts.resource_call(named, resource, &keys);
+        let known = self.known.load(Ordering::Relaxed);
+        let mut invocation = self.scripts.resource_call(named, resource, &keys, known);
         args(&mut invocation);
         let value = self.run(named, &invocation, &mut conn).await?;
-        reply::script_reply(value, resource).map_err(|err| {
+        let mut reply = reply::script_reply(value, resource).map_err(|err| {
             tracing::error!(script = named.name, error = %err, "unexpected script reply");
             err
-        })
+        })?;
+        let grants = matches!(
+            (named.name, reply.status.as_str()),
+            ("acquire", "granted") | ("renew", "ok")
+        ) || !reply.effects.my_grants.is_empty();
+        if grants && let Err(why) = self.confirmed(&mut conn, &keys.stats).await {
+            let secrets = reply.effects.my_grants.drain(..).map(|(secret, _)| secret);
+            reply.effects.unconfirmed_grants.extend(secrets);
+            reply.unconfirmed = Some(why);
+        }
+        Ok(reply)
+    }
+
+    /// Waits until enough replicas have every write this lane sent so far
+    /// (`WAIT` counts the writes of the connection it runs on, so it covers
+    /// the script just answered on `conn`, and the grants of other daemons
+    /// that script took over, which the replication stream carries before
+    /// it). `Err` says why not, for the client.
+    async fn confirmed(&self, conn: &mut Lane, routing_key: &str) -> Result<(), String> {
+        let Some(confirm) = self.confirm else {
+            return Ok(());
+        };
+        match wait_replicas(
+            conn,
+            routing_key,
+            confirm.replicas,
+            confirm.within,
+            self.connector.timeout(),
+        )
+        .await
+        {
+            Ok(acked) if acked >= confirm.replicas => Ok(()),
+            Ok(acked) => Err(format!(
+                "only {acked} of the {} replicas --min-replicas-ack requires confirmed the write within {:?}; \
+                 a redis failover could lose it",
+                confirm.replicas, confirm.within
+            )),
+            Err(err) => Err(format!(
+                "redis replicas could not confirm the write (--min-replicas-ack): {err}"
+            )),
+        }
     }
 
     /// Grants at once, queues, or reports busy.
@@ -230,6 +398,13 @@ impl RedisStore {
             Err(err) => return (Err(err.into()), Effects::default()),
         };
         let result = match reply.status.as_str() {
+            "granted" if reply.unconfirmed.is_some() => Err(LockError::Unavailable(
+                reply.unconfirmed.clone().unwrap_or_default(),
+            )),
+            "quarantined" => {
+                self.forget_candidate(&spec.client_id, &lock_id);
+                Err(quarantined(&reply.payload))
+            }
             "granted" => text(&reply.payload)
                 .and_then(|record| reply::holder(&record, secret, &spec.resource))
                 .map(AcquireOutcome::Granted)
@@ -275,15 +450,16 @@ impl RedisStore {
         secrets: &[String],
         caller: &Caller<'_>,
     ) -> Outcome<SyncOutcome> {
+        let mut conn = self.conn();
         let reply = self
-            .call(&self.scripts.sync, resource, |inv| {
+            .call_on(conn.clone(), &self.scripts.sync, resource, |inv| {
                 inv.arg(caller.daemon_id).arg(caller.liveness_ms);
                 for secret in secrets {
                     inv.arg(secret);
                 }
             })
             .await;
-        let reply = match reply {
+        let mut reply = match reply {
             Ok(reply) => reply,
             Err(err) => return (Err(err.into()), Effects::default()),
         };
@@ -299,12 +475,24 @@ impl RedisStore {
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         });
-        let result = states
-            .map(|states| SyncOutcome {
-                states,
-                queue_length: reply.queue_length,
-            })
-            .map_err(LockError::from);
+        // A waiter found granted is handed a lease read afterwards: it must
+        // be confirmed like one this reply carries.
+        let found_granted = states
+            .as_ref()
+            .is_ok_and(|states| states.contains(&WaiterState::Granted));
+        if found_granted && reply.unconfirmed.is_none() && reply.effects.my_grants.is_empty() {
+            let keys = self.ns.resource(resource);
+            reply.unconfirmed = self.confirmed(&mut conn, &keys.stats).await.err();
+        }
+        let result = match reply.unconfirmed {
+            Some(why) if found_granted => Err(LockError::Unavailable(why)),
+            _ => states
+                .map(|states| SyncOutcome {
+                    states,
+                    queue_length: reply.queue_length,
+                })
+                .map_err(LockError::from),
+        };
         (result, reply.effects)
     }
 
@@ -484,6 +672,18 @@ impl RedisStore {
             Value::Int(ms) if ms >= 0 => ms,
             _ => return Ok(Vec::new()),
         };
+        // The reaper's daemon also notices a changed server in buckets nobody
+        // uses, with one INFO a pass and the bucket pass only on a change, so
+        // that an idle deployment stays quiet.
+        match self.servers_changed().await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(err) = self.check_buckets().await {
+                    tracing::warn!(error = %err, "checking the buckets' redis server failed");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "reading the redis servers' run_id failed"),
+        }
         let mut pipe = redis::pipe();
         for bucket in 0..BUCKETS {
             pipe.cmd("ZRANGE")
@@ -630,6 +830,10 @@ fn lease_reply(
         Err(err) => return (Err(err.into()), Effects::default()),
     };
     let result = match reply.status.as_str() {
+        // A release needs no confirmation: one lost in a failover ends at its TTL.
+        "ok" if script == "renew" && reply.unconfirmed.is_some() => Err(LockError::Unavailable(
+            reply.unconfirmed.clone().unwrap_or_default(),
+        )),
         "ok" => text(&reply.payload)
             .and_then(|record| reply::holder(&record, &lock.secret, &lock.resource))
             .map_err(LockError::from),
@@ -641,6 +845,61 @@ fn lease_reply(
         other => Err(unexpected(script, other)),
     };
     (result, reply.effects)
+}
+
+/// The `run_id` lines of an INFO reply: one server's text, or a Cluster's
+/// map of node to text.
+fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
+    match info {
+        Value::Map(nodes) => {
+            for (_, node) in nodes {
+                collect_run_ids(node, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_run_ids(v, out)),
+        // RESP3 sends INFO as verbatim text.
+        Value::VerbatimString { text, .. } => {
+            collect_run_ids(&Value::SimpleString(text.clone()), out)
+        }
+        other => {
+            if let Ok(text) = text(other) {
+                out.extend(
+                    text.lines()
+                        .filter_map(|line| line.strip_prefix("run_id:"))
+                        .map(|id| id.trim().to_owned()),
+                );
+            }
+        }
+    }
+}
+
+/// A free resource in a bucket under quarantine, for an acquire that does not wait.
+fn quarantined(payload: &Value) -> LockError {
+    let left_ms = int(payload).unwrap_or_default().max(0);
+    LockError::Unavailable(format!(
+        "the redis server holding this resource changed (a failover or a restart that may \
+         have lost writes): no new grants on it for another {left_ms} ms \
+         (--failover-quarantine), so that a lease lost with the old server has ended; \
+         retry then, or wait in line"
+    ))
+}
+
+/// `WAIT replicas timeout` on `conn`: how many replicas have every write it sent.
+async fn wait_replicas(
+    conn: &mut Lane,
+    _routing_key: &str,
+    replicas: usize,
+    within: Duration,
+    timeout: Duration,
+) -> Result<usize, StoreError> {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas)
+        .arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
+    let wait = cmd.query_async::<i64>(conn);
+    match tokio::time::timeout(within + timeout, wait).await {
+        Ok(acked) => Ok(usize::try_from(acked?).unwrap_or(0)),
+        Err(_) => Err(StoreError::Timeout(within + timeout)),
+    }
 }
 
 fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
@@ -657,4 +916,29 @@ fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
 fn unexpected(script: &'static str, status: &str) -> LockError {
     tracing::error!(script, status, "unexpected script status");
     LockError::Internal(format!("script {script} answered {status:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_come_from_one_server_or_every_cluster_primary() {
+        let one = Value::BulkString(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n".to_vec());
+        let mut ids = Vec::new();
+        collect_run_ids(&one, &mut ids);
+        assert_eq!(ids, ["abc"]);
+
+        let node = |id: &str| Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: format!("# Server\r\nrun_id:{id}\r\ntcp_port:1\r\n"),
+        };
+        let cluster = Value::Map(vec![
+            (Value::SimpleString("127.0.0.1:7000".into()), node("x")),
+            (Value::SimpleString("127.0.0.1:7001".into()), node("y")),
+        ]);
+        let mut ids = Vec::new();
+        collect_run_ids(&cluster, &mut ids);
+        assert_eq!(ids, ["x", "y"]);
+    }
 }
