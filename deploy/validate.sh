@@ -90,7 +90,7 @@ fi
 # The two deployments one applies: deploy/k8s (one Redis) and deploy/k8s/sentinel
 # (a Sentinel group). Each folder's kustomization lists its manifests exactly
 # once, and every manifest belongs to one of the deployments.
-deployments=(k8s)
+deployments=(k8s k8s/sentinel)
 if "$PY" "$checker" kustomizations "$k8s" "${deployments[@]/#/$here/}"; then
     ok "every kustomization lists its folder's manifests exactly once, each in a deployment"
 else
