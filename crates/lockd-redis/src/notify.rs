@@ -159,9 +159,7 @@ impl PushShared {
             }
             _ => return Ok(()),
         };
-        self.notices
-            .send(notice)
-            .map_err(|_| redis::aio::SendError)
+        self.notices.send(notice).map_err(|_| redis::aio::SendError)
     }
 }
 
@@ -377,7 +375,11 @@ fn merge(a: ConfigCheck, b: ConfigCheck) -> ConfigCheck {
         }
         (ConfigCheck::Added { added: x }, ConfigCheck::Added { added: y }) => {
             let mut added = x;
-            added.extend(y.chars().filter(|c| !added.contains(*c)).collect::<Vec<_>>());
+            added.extend(
+                y.chars()
+                    .filter(|c| !added.contains(*c))
+                    .collect::<Vec<_>>(),
+            );
             ConfigCheck::Added { added }
         }
         (added @ ConfigCheck::Added { .. }, _) | (_, added @ ConfigCheck::Added { .. }) => added,

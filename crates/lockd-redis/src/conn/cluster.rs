@@ -98,10 +98,7 @@ pub(crate) struct Primary {
 
 /// The primaries the cluster reports, each once, in slot order.
 pub(crate) async fn primaries(conn: &mut ClusterConnection) -> Result<Vec<Primary>, StoreError> {
-    let value: Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(conn)
-        .await?;
+    let value: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
     parse_slots(&value)
 }
 
@@ -133,9 +130,11 @@ fn parse_slots(value: &Value) -> Result<Vec<Primary>, StoreError> {
         if host.is_empty() || host == "?" {
             continue;
         }
-        let (Ok(port), Ok(start), Ok(end)) =
-            (u16::try_from(*port), u16::try_from(*start), u16::try_from(*end))
-        else {
+        let (Ok(port), Ok(start), Ok(end)) = (
+            u16::try_from(*port),
+            u16::try_from(*start),
+            u16::try_from(*end),
+        ) else {
             return Err(bad());
         };
         match primaries
@@ -182,7 +181,12 @@ mod tests {
         hgetall.arg("p:{0a}:s");
         assert_eq!(command_route(&hgetall), by_key("{0a}"));
         let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg("sha").arg(2).arg("p:{r}:h").arg("p:{r}:q").arg("x");
+        evalsha
+            .arg("sha")
+            .arg(2)
+            .arg("p:{r}:h")
+            .arg("p:{r}:q")
+            .arg("x");
         assert_eq!(command_route(&evalsha), by_key("r"));
         let mut keyless = redis::cmd("EVALSHA");
         keyless.arg("sha").arg(0);
@@ -206,8 +210,16 @@ mod tests {
                 node("127.0.0.1", 7001),
                 node("127.0.0.1", 7004),
             ]),
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node("127.0.0.1", 7000)]),
-            Value::Array(vec![Value::Int(10923), Value::Int(10923), node("127.0.0.1", 7001)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7000),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(10923),
+                node("127.0.0.1", 7001),
+            ]),
             Value::Array(vec![Value::Int(10924), Value::Int(16383), node("?", 7002)]),
         ]);
         let primaries = parse_slots(&value).ok();

@@ -297,7 +297,9 @@ impl NodeSource {
     }
 
     /// A new connection to the primary, checked to be one.
-    pub(crate) async fn connect(&self) -> Result<(MultiplexedConnection, ConnectionAddr), StoreError> {
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(MultiplexedConnection, ConnectionAddr), StoreError> {
         let (addr, pool) = match &self.kind {
             SourceKind::Fixed { addr, pool, .. } => (addr.clone(), pool.clone()),
             SourceKind::Sentinel { resolver, pool } => {
@@ -405,7 +407,10 @@ pub(crate) fn not_primary(addr: &ConnectionAddr, role: &str) -> RedisError {
 }
 
 pub(crate) fn io_error(message: String) -> RedisError {
-    RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, message))
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        message,
+    ))
 }
 
 fn not_connected(message: &str) -> RedisError {
@@ -425,7 +430,9 @@ pub(crate) fn breaks(err: &RedisError) -> bool {
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these leaves plain data, still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One lane's connection and its replacement.

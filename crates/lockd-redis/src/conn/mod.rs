@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 pub use lane::Lane;
-use lane::{NodeLane, NodeSource, lock};
 pub(crate) use lane::check_primary;
+use lane::{NodeLane, NodeSource, lock};
 use url::Target;
 
 /// What kind of deployment a URL names.
@@ -420,7 +420,10 @@ impl Lanes {
                     .iter()
                     .find_map(|lane| lane.addr())
                     .or_else(|| source.primary());
-                Ok(addr.map(|addr| source.node_info(&addr)).into_iter().collect())
+                Ok(addr
+                    .map(|addr| source.node_info(&addr))
+                    .into_iter()
+                    .collect())
             }
             LanesKind::Cluster {
                 conns, template, ..

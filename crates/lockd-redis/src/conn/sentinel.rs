@@ -333,7 +333,12 @@ mod tests {
     #[test]
     fn sentinel_master_fields_are_read_from_both_protocols() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let flat = Value::Array(vec![bulk("ip"), bulk("10.0.0.1"), bulk("config-epoch"), bulk("3")]);
+        let flat = Value::Array(vec![
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("config-epoch"),
+            bulk("3"),
+        ]);
         assert_eq!(
             fields(flat),
             vec![

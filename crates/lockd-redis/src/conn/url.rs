@@ -246,12 +246,12 @@ impl<'a> Parts<'a> {
 }
 
 /// `host:port[,host:port...]`, each host as it may appear in a URL (`[::1]`).
-fn host_list(
-    hosts: &str,
-    default_port: u16,
-) -> Result<Vec<(String, u16)>, (&'static str, String)> {
+fn host_list(hosts: &str, default_port: u16) -> Result<Vec<(String, u16)>, (&'static str, String)> {
     if hosts.is_empty() {
-        return Err(("host list", "no host: expected HOST:PORT[,HOST:PORT...]".to_owned()));
+        return Err((
+            "host list",
+            "no host: expected HOST:PORT[,HOST:PORT...]".to_owned(),
+        ));
     }
     hosts
         .split(',')
@@ -281,7 +281,10 @@ fn host_list(
                 }
             };
             if host.is_empty() || host == "[]" {
-                return Err(("host list", format!("{entry:?} has no host before its port")));
+                return Err((
+                    "host list",
+                    format!("{entry:?} has no host before its port"),
+                ));
             }
             if let Some(c) = host
                 .chars()
@@ -364,7 +367,11 @@ mod tests {
         assert_eq!(t.node.redis_settings().username(), Some("app"));
         assert_eq!(t.node.redis_settings().password(), Some("pw"));
         // Like redis-py: the password is the data nodes', not the sentinels'.
-        assert!(t.sentinels.iter().all(|s| s.redis_settings().password().is_none()));
+        assert!(
+            t.sentinels
+                .iter()
+                .all(|s| s.redis_settings().password().is_none())
+        );
         let node = with_host(&t.node, "10.0.0.9", 6380);
         assert_eq!(addr(&node), "10.0.0.9:6380");
         assert_eq!(node.redis_settings().password(), Some("pw"));
@@ -389,8 +396,16 @@ mod tests {
         };
         let seeds: Vec<String> = t.seeds.iter().map(addr).collect();
         assert_eq!(seeds, ["a:7000", "b:7001"]);
-        assert!(t.seeds.iter().all(|s| s.redis_settings().password() == Some("pw")));
-        for url in ["redis+cluster://a", "redis+cluster://a:1/", "redis+cluster://a:1/0"] {
+        assert!(
+            t.seeds
+                .iter()
+                .all(|s| s.redis_settings().password() == Some("pw"))
+        );
+        for url in [
+            "redis+cluster://a",
+            "redis+cluster://a:1/",
+            "redis+cluster://a:1/0",
+        ] {
             assert!(matches!(parse(url), Ok(Target::Cluster(_))), "{url}");
         }
         let Ok(Target::Cluster(t)) = parse("redis+cluster://a") else {
