@@ -460,15 +460,18 @@ impl Inner {
                 }
             }
         }
+        let none = subscribers.is_empty();
         drop(subscribers);
         if changed {
             self.moved.store(true, Ordering::Relaxed);
             self.push.dropped_signal.notify_one();
             let _ = self.notices.send(Notice::Disconnected);
         }
+        // A primary that cannot be reached now (a shard failing over) is
+        // tried again on the next round; the others' events flow meanwhile.
         match first_error {
-            Some(err) => Err(err),
-            None => Ok(()),
+            Some(err) if none => Err(err),
+            _ => Ok(()),
         }
     }
 

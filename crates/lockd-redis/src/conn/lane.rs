@@ -8,7 +8,7 @@
 //! single-flight per lane and backs off from 100 ms to 5 s until it succeeds.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -442,6 +442,8 @@ pub(crate) struct NodeLane {
     state: Mutex<LaneState>,
     /// Woken when a replacement attempt ends, in success or failure.
     attempted: Notify,
+    /// Cuts a replacement's pause short: a caller needs the lane now.
+    kick: Notify,
 }
 
 struct LaneState {
@@ -453,6 +455,8 @@ struct LaneState {
     /// It is connecting right now, rather than pausing between attempts.
     attempting: bool,
     last_error: Option<String>,
+    /// When the last failed attempt ended.
+    failed_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -482,8 +486,10 @@ impl NodeLane {
                 replacing: false,
                 attempting: false,
                 last_error: None,
+                failed_at: None,
             }),
             attempted: Notify::new(),
+            kick: Notify::new(),
         })
     }
 
@@ -499,8 +505,7 @@ impl NodeLane {
             .is_some_and(|c| c.generation == generation)
     }
 
-    /// The connection to use, waiting for a replacement in progress; fails at
-    /// once while replacements pause between attempts. Notes it in `pin`.
+    /// The connection to use, waiting for a replacement in progress. Notes it in `pin`.
     async fn connection(
         self: &Arc<Self>,
         pin: &Mutex<Option<Pinned>>,
@@ -518,23 +523,46 @@ impl NodeLane {
         Ok(current)
     }
 
+    /// The connection to use. While the lane is being replaced, the caller
+    /// waits for it, up to the lanes' timeout: a restarted Redis is usually
+    /// back within that, and a call then succeeds instead of failing. A
+    /// waiting caller cuts the replacement's backoff short, but attempts
+    /// stay at least [`FIRST_BACKOFF`] apart, so that callers during an
+    /// outage do not hammer Redis with connects.
     pub(crate) async fn current(self: &Arc<Self>) -> Result<Current, RedisError> {
+        let deadline = tokio::time::Instant::now() + self.source.timeout;
         loop {
             let attempted = self.attempted.notified();
             tokio::pin!(attempted);
             attempted.as_mut().enable();
-            {
+            let pause_until = {
                 let mut state = lock(&self.state);
                 if let Some(current) = &state.current {
                     return Ok(current.clone());
                 }
                 self.start_replacing(&mut state);
-                if !state.attempting {
+                if tokio::time::Instant::now() >= deadline {
                     let why = state.last_error.as_deref().unwrap_or("not connected");
                     return Err(io_error(format!("redis lane reconnecting: {why}")));
                 }
+                match (state.attempting, state.failed_at) {
+                    (true, _) => None,
+                    (false, Some(at)) if at.elapsed() < FIRST_BACKOFF => {
+                        Some(tokio::time::Instant::from_std(at + FIRST_BACKOFF))
+                    }
+                    (false, _) => {
+                        state.attempting = true;
+                        self.kick.notify_one();
+                        None
+                    }
+                }
+            };
+            match pause_until {
+                Some(until) => tokio::time::sleep_until(until.min(deadline)).await,
+                None => {
+                    let _ = tokio::time::timeout_at(deadline, attempted).await;
+                }
             }
-            attempted.await;
         }
     }
 
@@ -631,6 +659,7 @@ impl NodeLane {
                     let mut state = lock(&self.state);
                     state.attempting = false;
                     state.last_error = Some(err.to_string());
+                    state.failed_at = Some(Instant::now());
                     drop(state);
                     self.attempted.notify_waiters();
                 }
@@ -638,6 +667,7 @@ impl NodeLane {
             failures += 1;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
+                _ = self.kick.notified() => {}
                 _ = shutdown.changed() => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);

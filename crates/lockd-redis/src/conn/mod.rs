@@ -355,8 +355,15 @@ impl Lanes {
         conns: &[ClusterConnection],
         failing: &Mutex<Vec<String>>,
     ) -> Result<(), StoreError> {
-        let mut first = conns[0].clone();
-        let primaries = cluster::primaries(&mut first).await?;
+        // Any node can tell the topology; one that is down cannot.
+        let mut primaries = Err(StoreError::NotReady);
+        for conn in conns {
+            primaries = cluster::primaries(&mut conn.clone()).await;
+            if primaries.is_ok() {
+                break;
+            }
+        }
+        let primaries = primaries?;
         if primaries.is_empty() {
             return Err(StoreError::Redis(lane::io_error(
                 "the cluster reports no reachable primary".to_owned(),

@@ -95,8 +95,13 @@ impl Resolver {
         for result in results {
             match result {
                 Ok(answer) => answers.push(answer),
+                // What a sentinel said (an unknown master name) tells more
+                // than one that did not answer.
                 Err(err) => {
-                    first_error.get_or_insert(err);
+                    let said = matches!(&err, StoreError::Redis(e) if e.code().is_some());
+                    if said || first_error.is_none() {
+                        first_error = Some(err);
+                    }
                 }
             }
         }
