@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ without a cluster or a Docker engine:
 #
-#   1. every manifest in deploy/k8s against the Kubernetes OpenAPI schemas, strictly
-#      (unknown fields are errors), with kubernetes-validate's offline schemas, for
-#      the oldest Kubernetes these manifests support and the newest the tool knows;
-#   2. kustomization.yaml lists exactly the manifests in deploy/k8s, and (where
-#      kubectl is installed) its rendered output validates too;
-#   3. the manifests agree with each other and with the Dockerfile: selectors
-#      match pod labels, named ports and referenced ConfigMaps exist, probe and
-#      scrape ports are the container's ports;
+#   1. every manifest under deploy/k8s against the Kubernetes OpenAPI schemas,
+#      strictly (unknown fields are errors), with kubernetes-validate's offline
+#      schemas, for the oldest Kubernetes these manifests support and the newest
+#      the tool knows;
+#   2. each folder's kustomization.yaml lists exactly its manifests; the two
+#      deployments, deploy/k8s (one Redis) and deploy/k8s/sentinel (a Sentinel
+#      group), render; where kubectl is installed, kustomize's rendering of each
+#      validates too and has the same objects;
+#   3. within each deployment the manifests agree with each other and with the
+#      Dockerfile: selectors match pod labels, named ports, volumes, ConfigMaps
+#      and Secrets exist, probe and scrape ports are the container's ports, and
+#      LOCKD_REDIS_URL names a Redis or Sentinel group of that deployment,
+#      configured as lockd needs (validate_manifests.py has the details);
 #   4. the Grafana dashboard is valid JSON, well formed, and every PromQL
 #      expression in it parses.
 #
@@ -19,6 +24,9 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 k8s="$here/k8s"
 dashboard="$here/grafana/lockd-dashboard.json"
+checker="$here/validate_manifests.py"
+# The keyspace notification flags lockd needs, read from the source.
+flags_rs="$here/../crates/lockd-redis/src/flags.rs"
 
 # The oldest Kubernetes the manifests are written for: the preStop `sleep` action
 # is on by default from 1.30 (native gRPC probes need 1.27).
@@ -61,7 +69,8 @@ kv() {
 }
 
 # ---- 1. schemas --------------------------------------------------------------
-mapfile -t manifests < <(cd "$k8s" && ls -1 ./*.yaml | sed 's|^\./||' | grep -vx 'kustomization.yaml' | sort)
+# Every manifest file of every kustomization (base/, redis/, sentinel/, ...).
+mapfile -t manifests < <(cd "$k8s" && find . -name '*.yaml' ! -name kustomization.yaml | sed 's|^\./||' | sort)
 if [[ ${#manifests[@]} -eq 0 ]]; then
     fail "no manifests found in $k8s"
 fi
@@ -71,188 +80,73 @@ if ensure_py yaml PyYAML && ensure_py kubernetes_validate kubernetes-validate; t
     versions="${KUBE_VERSIONS:-$MIN_KUBE_VERSION $latest}"
     echo "kubernetes-validate $("$PY" -m kubernetes_validate --version); Kubernetes versions: $versions"
     for v in $versions; do
-        kv "$v" "deploy/k8s/*.yaml" "${manifests[@]/#/$k8s/}"
+        kv "$v" "deploy/k8s/**/*.yaml" "${manifests[@]/#/$k8s/}"
     done
 else
     fail "kubernetes-validate is not available"
 fi
 
-# ---- 2. kustomization ----------------------------------------------------------
-if "$PY" - "$k8s" <<'EOF'
-import os, sys, yaml
-k8s = sys.argv[1]
-with open(os.path.join(k8s, "kustomization.yaml")) as f:
-    kz = yaml.safe_load(f)
-listed = kz.get("resources", [])
-present = sorted(n for n in os.listdir(k8s) if n.endswith((".yaml", ".yml")) and n != "kustomization.yaml")
-errors = []
-if kz.get("kind") != "Kustomization":
-    errors.append("kind is not Kustomization")
-if kz.get("namespace") != "lockd":
-    errors.append("namespace is not lockd")
-errors += [f"{n} is not in resources" for n in present if n not in listed]
-errors += [f"resources lists {n}, which does not exist" for n in listed if n not in present]
-errors += [f"resources lists {n} twice" for n in set(listed) if listed.count(n) > 1]
-for e in errors:
-    print("  " + e)
-sys.exit(1 if errors else 0)
-EOF
-then ok "kustomization.yaml lists every manifest exactly once"
-else fail "kustomization.yaml resources"
+# ---- 2. kustomizations -----------------------------------------------------------
+# The two deployments one applies: deploy/k8s (one Redis) and deploy/k8s/sentinel
+# (a Sentinel group). Each folder's kustomization lists its manifests exactly
+# once, and every manifest belongs to one of the deployments.
+deployments=(k8s k8s/sentinel)
+if "$PY" "$checker" kustomizations "$k8s" "${deployments[@]/#/$here/}"; then
+    ok "every kustomization lists its folder's manifests exactly once, each in a deployment"
+else
+    fail "kustomization resources"
 fi
 
-if command -v kubectl >/dev/null 2>&1; then
-    if kubectl kustomize "$k8s" >"$tmp/rendered.yaml" 2>"$tmp/kustomize.err"; then
-        ok "kubectl kustomize deploy/k8s renders ($(grep -c '^kind:' "$tmp/rendered.yaml") resources)"
-        for v in ${versions:-}; do
-            kv "$v" "kustomize output" "$tmp/rendered.yaml"
-        done
+# Each deployment rendered by validate_manifests.py, which the cross-references
+# below read, and, where kubectl is installed, by kustomize itself: its output
+# must validate and hold the same objects.
+for d in "${deployments[@]}"; do
+    name="${d//\//-}"
+    if "$PY" "$checker" render "$here/$d" >"$tmp/$name.yaml"; then
+        ok "deploy/$d renders ($(grep -c '^kind:' "$tmp/$name.yaml") resources)"
     else
-        cat "$tmp/kustomize.err"
-        fail "kubectl kustomize deploy/k8s"
+        cat "$tmp/$name.yaml"
+        fail "deploy/$d does not render"
+        continue
     fi
-else
-    echo "skip  kubectl not installed: rendered kustomize output not checked"
-fi
+    if command -v kubectl >/dev/null 2>&1; then
+        if kubectl kustomize "$here/$d" >"$tmp/$name.kustomize.yaml" 2>"$tmp/kustomize.err"; then
+            ok "kubectl kustomize deploy/$d renders ($(grep -c '^kind:' "$tmp/$name.kustomize.yaml") resources)"
+            for v in ${versions:-}; do
+                kv "$v" "kustomize output of deploy/$d" "$tmp/$name.kustomize.yaml"
+            done
+            if "$PY" "$checker" same "$tmp/$name.yaml" "$tmp/$name.kustomize.yaml"; then
+                ok "kubectl kustomize deploy/$d gives the objects the checks below read"
+            else
+                fail "kubectl kustomize deploy/$d and validate_manifests.py render differ"
+            fi
+        else
+            cat "$tmp/kustomize.err"
+            fail "kubectl kustomize deploy/$d"
+        fi
+    else
+        echo "skip  kubectl not installed: kustomize's own rendering of deploy/$d not checked"
+    fi
+done
 
 # ---- 3. cross-references ---------------------------------------------------------
-if "$PY" - "$k8s" "$here/Dockerfile" <<'EOF'
-import os, re, sys, yaml
-k8s, dockerfile = sys.argv[1], sys.argv[2]
-docs = []
-for name in sorted(os.listdir(k8s)):
-    if name.endswith(".yaml") and name != "kustomization.yaml":
-        with open(os.path.join(k8s, name)) as f:
-            docs += [d for d in yaml.safe_load_all(f) if d]
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
-    if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "lockd":
-        print(f"  {d['kind']}/{d['metadata']['name']} is not in namespace lockd")
-        sys.exit(1)
-
-errors = []
-workloads = list(by_kind.get("Deployment", {}).values()) + list(by_kind.get("StatefulSet", {}).values())
-
-def matches(selector, labels):
-    return all(labels.get(k) == v for k, v in selector.items())
-
-def pods_for(selector):
-    return [w for w in workloads if matches(selector, w["spec"]["template"]["metadata"]["labels"])]
-
-def containers(w):
-    return w["spec"]["template"]["spec"]["containers"]
-
-def container_ports(w):
-    return {p["name"]: p["containerPort"] for c in containers(w) for p in c.get("ports", [])}
-
-for w in workloads:
-    ref = f"{w['kind']}/{w['metadata']['name']}"
-    if not matches(w["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"]):
-        errors.append(f"{ref}: selector does not match its own pod labels")
-    spec = w["spec"]["template"]["spec"]
-    sa = spec.get("serviceAccountName")
-    if sa and sa not in by_kind.get("ServiceAccount", {}):
-        errors.append(f"{ref}: ServiceAccount {sa} is not defined")
-    for v in spec.get("volumes", []):
-        if "configMap" in v and v["configMap"]["name"] not in by_kind.get("ConfigMap", {}):
-            errors.append(f"{ref}: volume ConfigMap {v['configMap']['name']} is not defined")
-    ports = set(container_ports(w).values())
-    for c in containers(w):
-        for e in c.get("envFrom", []):
-            cm = e.get("configMapRef", {}).get("name")
-            if cm and cm not in by_kind.get("ConfigMap", {}):
-                errors.append(f"{ref}: envFrom ConfigMap {cm} is not defined")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            p = c.get(probe, {})
-            port = (p.get("grpc") or {}).get("port")
-            if port is not None and port not in ports:
-                errors.append(f"{ref}: {probe} gRPC port {port} is not a container port")
-    if w["kind"] == "StatefulSet":
-        svc = by_kind.get("Service", {}).get(w["spec"]["serviceName"])
-        if not svc or svc["spec"].get("clusterIP") != "None":
-            errors.append(f"{ref}: serviceName {w['spec']['serviceName']} is not a headless Service here")
-
-for svc in by_kind.get("Service", {}).values():
-    ref = f"Service/{svc['metadata']['name']}"
-    targets = pods_for(svc["spec"]["selector"])
-    if not targets:
-        errors.append(f"{ref}: selector matches no pod template")
-    for p in svc["spec"]["ports"]:
-        tp = p.get("targetPort", p["port"])
-        for w in targets:
-            cp = container_ports(w)
-            if (isinstance(tp, str) and tp not in cp) or (isinstance(tp, int) and tp not in cp.values()):
-                errors.append(f"{ref}: targetPort {tp} is not a port of {w['metadata']['name']}")
-
-for pdb in by_kind.get("PodDisruptionBudget", {}).values():
-    targets = pods_for(pdb["spec"]["selector"]["matchLabels"])
-    if not targets:
-        errors.append(f"PodDisruptionBudget/{pdb['metadata']['name']}: selector matches no pod template")
-    for w in targets:
-        if w["spec"].get("replicas", 1) <= pdb["spec"].get("minAvailable", 0):
-            errors.append(f"PodDisruptionBudget/{pdb['metadata']['name']}: minAvailable leaves no eviction for {w['metadata']['name']}")
-
-for np in by_kind.get("NetworkPolicy", {}).values():
-    if not pods_for(np["spec"]["podSelector"]["matchLabels"]):
-        errors.append(f"NetworkPolicy/{np['metadata']['name']}: podSelector matches no pod template")
-    # Only peers of this namespace must be pods defined here; a peer with a
-    # namespaceSelector may be anyone's pods (clients, Prometheus, DNS), and an
-    # empty podSelector means every pod of the namespace.
-    peers = [p for rule in np["spec"].get("ingress", []) for p in rule.get("from", [])]
-    peers += [p for rule in np["spec"].get("egress", []) for p in rule.get("to", [])]
-    for peer in peers:
-        labels = (peer.get("podSelector") or {}).get("matchLabels")
-        if "namespaceSelector" not in peer and labels and not pods_for(labels):
-            errors.append(f"NetworkPolicy/{np['metadata']['name']}: a podSelector peer matches no pod template")
-    # Secrets that pods read must be defined here.
-    for w in workloads:
-        for c in containers(w):
-            for e in c.get("env", []):
-                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-                if ref and ref["name"] not in by_kind.get("Secret", {}):
-                    errors.append(f"{w['kind']}/{w['metadata']['name']}: Secret {ref['name']} is not defined")
-
-# lockd itself: the Deployment, the Dockerfile and the scrape annotations agree.
-lockd = by_kind.get("Deployment", {}).get("lockd")
-if not lockd:
-    errors.append("Deployment/lockd is missing")
-else:
-    cp = container_ports(lockd)
-    ann = lockd["spec"]["template"]["metadata"].get("annotations", {})
-    if int(ann.get("prometheus.io/port", -1)) != cp.get("http"):
-        errors.append("Deployment/lockd: prometheus.io/port is not the http container port")
-    with open(dockerfile) as f:
-        text = f.read()
-    exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.*)$", text, re.M) for p in line.split()}
-    if exposed != set(cp.values()):
-        errors.append(f"Dockerfile EXPOSE {sorted(exposed)} != Deployment/lockd ports {sorted(cp.values())}")
-    cfg = by_kind.get("ConfigMap", {}).get("lockd-config", {}).get("data", {})
-    for key, port in (("LOCKD_LISTEN", cp.get("grpc")), ("LOCKD_HTTP_LISTEN", cp.get("http"))):
-        if not str(cfg.get(key, "")).endswith(f":{port}"):
-            errors.append(f"ConfigMap/lockd-config: {key} does not listen on container port {port}")
-
-# Redis is configured for lockd's keyspace notifications and durable.
-redis_conf = by_kind.get("ConfigMap", {}).get("redis-config", {}).get("data", {}).get("redis.conf", "")
-conf = {}
-for line in redis_conf.splitlines():
-    parts = line.split(None, 1)
-    if parts and not parts[0].startswith("#"):
-        conf[parts[0]] = parts[1].strip('"') if len(parts) > 1 else ""
-if not set("Kghxze") <= set(conf.get("notify-keyspace-events", "")):
-    errors.append("redis.conf: notify-keyspace-events lacks some of Kghxze")
-if conf.get("appendonly") != "yes":
-    errors.append("redis.conf: appendonly is not yes")
-if conf.get("maxmemory-policy") != "noeviction":
-    errors.append("redis.conf: maxmemory-policy is not noeviction")
-
-for e in errors:
-    print("  " + e)
-sys.exit(1 if errors else 0)
-EOF
-then ok "manifests agree with each other and with the Dockerfile"
-else fail "cross-references between manifests"
-fi
+# Within each deployment: selectors match pod labels; named ports, volumes,
+# ConfigMaps, Secrets and ServiceAccounts exist; $(VAR) references come after
+# their variable; probe, scrape and EXPOSE ports agree; LOCKD_REDIS_URL names
+# Redis (or Sentinel) pods of this deployment, reachable through the
+# NetworkPolicies, configured with lockd's keyspace notifications
+# (NOTIFY_FLAGS in crates/lockd-redis/src/flags.rs), appendonly and noeviction;
+# for Sentinel, the master name, quorum, replica counts and
+# --min-replicas-ack agree.
+for d in "${deployments[@]}"; do
+    name="${d//\//-}"
+    [[ -s "$tmp/$name.yaml" ]] || continue
+    if "$PY" "$checker" crossref "$tmp/$name.yaml" "$here/Dockerfile" "$flags_rs"; then
+        ok "deploy/$d: manifests agree with each other and with the Dockerfile"
+    else
+        fail "deploy/$d: cross-references between manifests"
+    fi
+done
 
 # ---- 4. dashboard ------------------------------------------------------------------
 if "$PY" -m json.tool "$dashboard" >/dev/null; then

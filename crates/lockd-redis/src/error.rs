@@ -13,6 +13,15 @@ pub enum StoreError {
     /// checks: it is still retrying, and a client may retry too.
     #[error("redis not reachable yet")]
     NotReady,
+    /// The Redis URL cannot be used as written: `part` names what is wrong
+    /// (scheme, host list, port, master name, db, ...); `url` is without its
+    /// password.
+    #[error("bad redis URL {url}: {part}: {reason}")]
+    BadUrl {
+        url: String,
+        part: &'static str,
+        reason: String,
+    },
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
     /// A lockd script failed inside Redis (a Lua runtime error or a key of the
@@ -95,7 +104,7 @@ impl StoreError {
                 "the redis user lacks a permission lockd needs ({e}); see the README's \
                  ACL line"
             ),
-            StoreError::Unusable { .. } => return err,
+            StoreError::Unusable { .. } | StoreError::BadUrl { .. } => return err,
             other => other.to_string(),
         };
         StoreError::Unusable {

@@ -3,9 +3,11 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
 use redis::{RedisError, Value};
 
-use crate::conn::Lanes;
 use crate::error::StoreError;
 use crate::reply::{array, text};
 
@@ -37,16 +39,17 @@ pub enum ConfigCheck {
 /// refused CONFIG SET is, since the flags are then known to be missing.
 /// Connection failures pass through as they are, so that an outage is not
 /// mistaken for a configuration problem.
-pub(crate) async fn enable_notifications(control: &Lanes) -> Result<ConfigCheck, StoreError> {
-    let mut conn = control.conn();
-    let current = control
-        .bounded(
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("notify-keyspace-events")
-                .query_async::<Value>(&mut conn),
-        )
-        .await;
+///
+/// `notify-keyspace-events` is not replicated, so this runs on `conn`'s node
+/// only: every primary needs its own call, and a new primary after a failover
+/// another.
+pub(crate) async fn enable_notifications(
+    conn: &mut impl ConnectionLike,
+    timeout: Duration,
+) -> Result<ConfigCheck, StoreError> {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg("notify-keyspace-events");
+    let current = bounded(&get, conn, timeout).await;
     let current = match current {
         Ok(value) => config_value(value)?,
         Err(StoreError::Redis(err)) if refused(&err) => {
@@ -59,22 +62,26 @@ pub(crate) async fn enable_notifications(control: &Lanes) -> Result<ConfigCheck,
         return Ok(ConfigCheck::AlreadySet);
     }
     let wanted = format!("{current}{missing}");
-    match control
-        .bounded(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&wanted)
-                .query_async::<Value>(&mut conn),
-        )
-        .await
-    {
+    let mut set = redis::cmd("CONFIG");
+    set.arg("SET").arg("notify-keyspace-events").arg(&wanted);
+    match bounded(&set, conn, timeout).await {
         Ok(_) => Ok(ConfigCheck::Added { added: missing }),
         Err(StoreError::Redis(err)) if refused(&err) => Err(StoreError::Notifications {
             flags: NOTIFY_FLAGS.to_owned(),
             reason: format!("notify-keyspace-events is {current:?} and CONFIG SET failed: {err}"),
         }),
         Err(err) => Err(err),
+    }
+}
+
+async fn bounded(
+    cmd: &redis::Cmd,
+    conn: &mut impl ConnectionLike,
+    timeout: Duration,
+) -> Result<Value, StoreError> {
+    match tokio::time::timeout(timeout, cmd.query_async::<Value>(conn)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout(timeout)),
     }
 }
 

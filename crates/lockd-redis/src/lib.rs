@@ -5,7 +5,9 @@
 //! one resource only, all under the resource's hash tag, so the store also
 //! works on Redis Cluster slots.
 //!
-//! - [`conn`]: [`conn::Connector`], the one place connections are opened.
+//! - [`conn`]: [`conn::Connector`], the one place connections are opened: one
+//!   server, a primary found through Sentinel, or a Cluster; [`conn::Lane`]s that
+//!   replace themselves when their primary fails or moves.
 //! - [`keys`]: key names and hash tags.
 //! - [`scripts`]: the Lua scripts and the argument head they share.
 //! - [`store`]: [`RedisStore`], the lock operations, the reaper and the read-only views.

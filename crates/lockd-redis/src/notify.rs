@@ -1,21 +1,22 @@
 //! Keyspace notifications: wake-up hints for the resources this daemon has waiters on.
 //!
 //! Notifications can be late or lost (a reconnect drops whatever was published
-//! meanwhile, a restarted Redis forgets `notify-keyspace-events`), so they
+//! meanwhile, a restarted Redis or a new primary does not have
+//! `notify-keyspace-events` set, since CONFIG SET is not replicated), so they
 //! only ever make the daemon look sooner; its own timers and periodic syncs
 //! are what guarantee progress. [`Notifier::ensure_events`] turns the flags on
 //! where CONFIG allows it and proves with a probe write that events arrive.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use redis::{ConnectionInfo, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
 
-use crate::conn::{Connector, Lanes};
+use crate::conn::{Connector, Lanes, Topology};
 use crate::error::StoreError;
 use crate::flags::{self, ConfigCheck, NOTIFY_FLAGS};
 use crate::keys::Namespace;
@@ -49,34 +50,117 @@ type Routes = Arc<Mutex<HashMap<String, Route>>>;
 /// one-millisecond TTL has surely run out and the read removes it.
 const PROBE_EXPIRY_WAIT: Duration = Duration::from_millis(3);
 
-/// A RESP3 connection subscribed to the keyspace channels of watched resources.
-/// It reconnects and resubscribes by itself.
+/// How often the primaries are looked up again (Sentinel, Cluster), besides
+/// after every dropped subscription.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+
+/// RESP3 connections subscribed to the keyspace channels of watched
+/// resources, one per primary: keyspace events are published on the node
+/// that owns the key only. Each reconnects and resubscribes by itself; the
+/// set follows the primaries (a Sentinel failover, a Cluster topology change).
+///
+/// Every channel is subscribed on every primary: a node publishes only the
+/// events of its own keys, so no event arrives twice, and unlike a pattern
+/// subscription nothing arrives that no waiter asked for.
 pub struct Notifier {
-    conn: ConnectionManager,
+    inner: Arc<Inner>,
+    /// Closed on drop; the topology follower ends then.
+    _shutdown: watch::Sender<()>,
+}
+
+struct Inner {
+    connector: Connector,
     /// CONFIG, INFO and the probe's writes go over a plain connection of their
     /// own, so that they never queue behind the subscriber's reconnects and
-    /// the probe crosses the server the way lock scripts do.
+    /// the probe crosses the server the way lock scripts do. It also tells
+    /// where the primaries are.
     control: Lanes,
-    routes: Routes,
+    subscribers: tokio::sync::Mutex<Vec<Subscriber>>,
+    push: Arc<PushShared>,
     ns: Namespace,
     timeout: Duration,
     /// For the `Disconnected` notice after events come back: whatever was
     /// published while they were off is lost.
     notices: mpsc::UnboundedSender<Notice>,
     /// The probe key, once the key prefix is known ([`Notifier::probing`]).
-    probe: Option<String>,
+    probe: Mutex<Option<String>>,
     /// Events seen on the probe channel. A tokio mutex: one probe at a time
     /// holds it across its awaits.
     probe_events: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Set when the set of primaries changed since the last successful
+    /// [`Notifier::ensure_events`]: the new ones were never probed.
+    moved: AtomicBool,
+    /// Each primary's `run_id` at the last successful check; a new one means
+    /// a restarted Redis whose flags are back to its configuration file.
+    run_ids: Mutex<HashMap<String, String>>,
+}
+
+/// One primary's subscription connection.
+struct Subscriber {
+    /// `host:port` (or the socket path), for logs and `run_ids`.
+    name: String,
+    info: ConnectionInfo,
+    conn: ConnectionManager,
+}
+
+/// What every subscription connection's push handler shares.
+struct PushShared {
+    routes: Routes,
+    probe_tx: mpsc::UnboundedSender<String>,
+    notices: mpsc::UnboundedSender<Notice>,
     /// Set by every `Disconnection` push: the connection comes back without
     /// knowing whether the server still publishes the events.
-    dropped: Arc<AtomicBool>,
+    dropped: AtomicBool,
     /// Woken by every `Disconnection` push. The subscriber hears of a dead
     /// server at once, while the lanes would only on their next command.
-    dropped_signal: Arc<tokio::sync::Notify>,
-    /// The server's `run_id` at the last successful check; a new one means a
-    /// restarted Redis whose flags are back to its configuration file.
-    run_id: Mutex<Option<String>>,
+    dropped_signal: tokio::sync::Notify,
+    /// Woken likewise, for the topology follower: a dropped node may be a
+    /// failed primary.
+    topology_signal: tokio::sync::Notify,
+}
+
+impl PushShared {
+    fn on_push(&self, push: PushInfo) -> Result<(), redis::aio::SendError> {
+        let notice = match push.kind {
+            PushKind::Message => {
+                let (channel, event) = match push.data.as_slice() {
+                    [Value::BulkString(c), Value::BulkString(e)] => (c, e),
+                    _ => return Ok(()),
+                };
+                let channel = String::from_utf8_lossy(channel).into_owned();
+                let route = self
+                    .routes
+                    .lock()
+                    .ok()
+                    .and_then(|routes| routes.get(&channel).cloned());
+                match route {
+                    Some(Route::Probe) => {
+                        // Only a probe in progress reads these; one that gave up left.
+                        let _ = self
+                            .probe_tx
+                            .send(String::from_utf8_lossy(event).into_owned());
+                        return Ok(());
+                    }
+                    // Every script refreshes key expiries; an `expire` event is
+                    // never a change of holders or queue, and following it would
+                    // make each sync wake the next one.
+                    Some(Route::Resource(_)) if event.as_slice() == b"expire" => {
+                        return Ok(());
+                    }
+                    Some(Route::Resource(resource)) => Notice::Changed(resource),
+                    None => return Ok(()),
+                }
+            }
+            PushKind::Disconnection => {
+                self.dropped.store(true, Ordering::Relaxed);
+                self.dropped_signal.notify_one();
+                self.topology_signal.notify_one();
+                Notice::Disconnected
+            }
+            _ => return Ok(()),
+        };
+        self.notices.send(notice).map_err(|_| redis::aio::SendError)
+    }
 }
 
 impl Notifier {
@@ -85,88 +169,61 @@ impl Notifier {
         ns: Namespace,
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Result<Notifier, StoreError> {
-        let routes: Routes = Arc::default();
-        let push_routes = Arc::clone(&routes);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let push_dropped = Arc::clone(&dropped);
-        let dropped_signal = Arc::new(tokio::sync::Notify::new());
-        let push_signal = Arc::clone(&dropped_signal);
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
-        let push_notices = notices.clone();
-        let on_push = move |push: PushInfo| {
-            let notice = match push.kind {
-                PushKind::Message => {
-                    let (channel, event) = match push.data.as_slice() {
-                        [Value::BulkString(c), Value::BulkString(e)] => (c, e),
-                        _ => return Ok(()),
-                    };
-                    let channel = String::from_utf8_lossy(channel).into_owned();
-                    let route = push_routes
-                        .lock()
-                        .ok()
-                        .and_then(|routes| routes.get(&channel).cloned());
-                    match route {
-                        Some(Route::Probe) => {
-                            // Only a probe in progress reads these; one that gave up left.
-                            let _ = probe_tx.send(String::from_utf8_lossy(event).into_owned());
-                            return Ok(());
-                        }
-                        // Every script refreshes key expiries; an `expire` event is
-                        // never a change of holders or queue, and following it would
-                        // make each sync wake the next one.
-                        Some(Route::Resource(_)) if event.as_slice() == b"expire" => {
-                            return Ok(());
-                        }
-                        Some(Route::Resource(resource)) => Notice::Changed(resource),
-                        None => return Ok(()),
-                    }
-                }
-                PushKind::Disconnection => {
-                    push_dropped.store(true, Ordering::Relaxed);
-                    push_signal.notify_one();
-                    Notice::Disconnected
-                }
-                _ => return Ok(()),
-            };
-            push_notices.send(notice).map_err(|_| redis::aio::SendError)
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(on_push)
-            .set_automatic_resubscription();
-        let conn = connector.subscriber(config).await?;
+        let push = Arc::new(PushShared {
+            routes: Arc::default(),
+            probe_tx,
+            notices: notices.clone(),
+            dropped: AtomicBool::new(false),
+            dropped_signal: tokio::sync::Notify::new(),
+            topology_signal: tokio::sync::Notify::new(),
+        });
         let control = connector.lanes(1).await?;
-        Ok(Notifier {
-            conn,
+        let inner = Arc::new(Inner {
+            connector: connector.clone(),
             control,
-            routes,
+            subscribers: tokio::sync::Mutex::new(Vec::new()),
+            push,
             ns,
             timeout: connector.timeout(),
             notices,
-            probe: None,
+            probe: Mutex::new(None),
             probe_events: tokio::sync::Mutex::new(probe_rx),
-            dropped,
-            dropped_signal,
-            run_id: Mutex::new(None),
+            moved: AtomicBool::new(false),
+            run_ids: Mutex::new(HashMap::new()),
+        });
+        inner.follow_primaries().await?;
+        inner.moved.store(false, Ordering::Relaxed);
+        let (shutdown, closed) = watch::channel(());
+        if connector.topology() != Topology::Standalone {
+            tokio::spawn(follow(Arc::downgrade(&inner), closed));
+        }
+        Ok(Notifier {
+            inner,
+            _shutdown: shutdown,
         })
     }
 
     /// Proves notifications with probe writes to this daemon's probe key
     /// ([`Namespace::probe`]). Without it, [`Notifier::ensure_events`] can
     /// only believe CONFIG.
-    pub fn probing(mut self) -> Notifier {
-        let key = self.ns.probe(&flags::probe_tail());
-        if let Ok(mut routes) = self.routes.lock() {
-            routes.insert(self.ns.keyspace_channel(&key), Route::Probe);
+    pub fn probing(self) -> Notifier {
+        let key = self.inner.ns.probe(&flags::probe_tail());
+        if let Ok(mut routes) = self.inner.push.routes.lock() {
+            routes.insert(self.inner.ns.keyspace_channel(&key), Route::Probe);
         }
-        self.probe = Some(key);
+        if let Ok(mut probe) = self.inner.probe.lock() {
+            *probe = Some(key);
+        }
         self
     }
 
     fn channels(&self, resource: &str) -> [String; 2] {
-        let keys = self.ns.resource(resource);
+        let ns = &self.inner.ns;
+        let keys = ns.resource(resource);
         [
-            self.ns.keyspace_channel(&keys.holders),
-            self.ns.keyspace_channel(&keys.queue),
+            ns.keyspace_channel(&keys.holders),
+            ns.keyspace_channel(&keys.queue),
         ]
     }
 
@@ -174,111 +231,321 @@ impl Notifier {
     /// resource once more afterwards: changes before the subscription are not replayed.
     pub async fn watch(&self, resource: &str) -> Result<(), StoreError> {
         let channels = self.channels(resource);
-        if let Ok(mut routes) = self.routes.lock() {
+        if let Ok(mut routes) = self.inner.push.routes.lock() {
             for channel in &channels {
                 routes.insert(channel.clone(), Route::Resource(resource.to_owned()));
             }
         }
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, conn.subscribe(&channels))
+        self.inner
+            .on_every_subscriber(|mut conn| {
+                let channels = channels.clone();
+                async move { conn.subscribe(&channels).await }
+            })
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
-        Ok(())
     }
 
     /// Stops delivering changes of `resource`.
     pub async fn unwatch(&self, resource: &str) -> Result<(), StoreError> {
         let channels = self.channels(resource);
-        if let Ok(mut routes) = self.routes.lock() {
+        if let Ok(mut routes) = self.inner.push.routes.lock() {
             for channel in &channels {
                 routes.remove(channel);
             }
         }
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, conn.unsubscribe(&channels))
+        self.inner
+            .on_every_subscriber(|mut conn| {
+                let channels = channels.clone();
+                async move { conn.unsubscribe(&channels).await }
+            })
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
-        Ok(())
     }
 
-    /// Keeps the connection honest: a failed reconnect is retried only by the next command.
+    /// Keeps the connections honest: a failed reconnect is retried only by the next command.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(
-            self.timeout,
-            redis::cmd("PING").query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.timeout))??;
-        Ok(())
+        self.inner
+            .on_every_subscriber(|mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await
     }
 
-    /// Makes sure the events lockd needs reach this connection: turns the
-    /// flags on through CONFIG where Redis allows it, then, CONFIG or not,
-    /// writes the probe key and waits for its events. Sends `Disconnected`
-    /// on success, since events may have been lost before.
+    /// Makes sure the events lockd needs reach these connections: follows
+    /// the primaries, turns the flags on through CONFIG on every one of them
+    /// where Redis allows it, then, CONFIG or not, writes the probe key and
+    /// waits for its events. Sends `Disconnected` on success, since events
+    /// may have been lost before.
+    ///
+    /// The probe key lives in one slot, so on a cluster it proves the events
+    /// of its own shard's primary; the others are checked through CONFIG.
     pub async fn ensure_events(&self) -> Result<ConfigCheck, StoreError> {
-        self.dropped.store(false, Ordering::Relaxed);
+        let inner = &self.inner;
+        inner.push.dropped.store(false, Ordering::Relaxed);
+        inner.moved.store(false, Ordering::Relaxed);
         // After a restart the control connection is dead until a command
         // fails on it; that failure starts its reconnect, which a second
         // ping waits for.
-        if self.control.ping_all().await.is_err() {
-            self.control.ping_all().await?;
+        if inner.control.ping_all().await.is_err() {
+            inner.control.ping_all().await?;
         }
-        let run_id = self.server_run_id().await?;
-        let check = flags::enable_notifications(&self.control).await?;
-        if let Some(key) = &self.probe {
-            self.probe(key, &check).await?;
+        inner.follow_primaries().await?;
+        let nodes: Vec<(String, ConnectionManager)> = inner
+            .subscribers
+            .lock()
+            .await
+            .iter()
+            .map(|s| (s.name.clone(), s.conn.clone()))
+            .collect();
+        let mut run_ids = HashMap::new();
+        let mut check = ConfigCheck::AlreadySet;
+        for (name, mut conn) in nodes {
+            if let Some(run_id) = inner.server_run_id(&mut conn).await? {
+                run_ids.insert(name.clone(), run_id);
+            }
+            let node_check = flags::enable_notifications(&mut conn, inner.timeout)
+                .await
+                .map_err(|err| {
+                    tracing::debug!(node = %name, error = %err, "turning on keyspace notifications failed");
+                    err
+                })?;
+            check = merge(check, node_check);
         }
-        if let Ok(mut last) = self.run_id.lock() {
-            *last = run_id;
+        let probe = inner.probe.lock().ok().and_then(|p| p.clone());
+        if let Some(key) = probe {
+            inner.probe(&key, &check).await?;
+        }
+        if let Ok(mut last) = inner.run_ids.lock() {
+            *last = run_ids;
         }
         // A closed channel means shutdown; nobody is left to wake.
-        let _ = self.notices.send(Notice::Disconnected);
+        let _ = inner.notices.send(Notice::Disconnected);
         Ok(check)
     }
 
     /// Resolves at the next `Disconnection` push (or at once if one came
     /// since the last call): often the first sign that Redis went away.
     pub async fn disconnected(&self) {
-        self.dropped_signal.notified().await;
+        self.inner.push.dropped_signal.notified().await;
     }
 
     /// Why the events may have stopped since the last successful
     /// [`Notifier::ensure_events`], if they may have.
     pub async fn changed(&self) -> Option<&'static str> {
-        if self.dropped.load(Ordering::Relaxed) {
+        let inner = &self.inner;
+        if inner.push.dropped.load(Ordering::Relaxed) {
             return Some("notification connection dropped");
         }
-        let now = match self.server_run_id().await {
-            Ok(now) => now,
-            Err(err) => {
-                tracing::debug!(error = %err, "INFO server failed");
-                return None;
+        if inner.moved.load(Ordering::Relaxed) {
+            return Some("the redis primaries changed");
+        }
+        let nodes: Vec<(String, ConnectionManager)> = inner
+            .subscribers
+            .lock()
+            .await
+            .iter()
+            .map(|s| (s.name.clone(), s.conn.clone()))
+            .collect();
+        for (name, mut conn) in nodes {
+            let now = match inner.server_run_id(&mut conn).await {
+                Ok(now) => now,
+                Err(err) => {
+                    tracing::debug!(node = %name, error = %err, "INFO server failed");
+                    continue;
+                }
+            };
+            let last = inner
+                .run_ids
+                .lock()
+                .ok()
+                .and_then(|ids| ids.get(&name).cloned());
+            if let (Some(last), Some(now)) = (last, now)
+                && last != now
+            {
+                return Some("redis run_id changed");
             }
+        }
+        None
+    }
+}
+
+/// The combined answer of CONFIG on several primaries: the least certain one.
+fn merge(a: ConfigCheck, b: ConfigCheck) -> ConfigCheck {
+    match (a, b) {
+        (ConfigCheck::Unavailable(r), _) | (_, ConfigCheck::Unavailable(r)) => {
+            ConfigCheck::Unavailable(r)
+        }
+        (ConfigCheck::Added { added: x }, ConfigCheck::Added { added: y }) => {
+            let mut added = x;
+            added.extend(
+                y.chars()
+                    .filter(|c| !added.contains(*c))
+                    .collect::<Vec<_>>(),
+            );
+            ConfigCheck::Added { added }
+        }
+        (added @ ConfigCheck::Added { .. }, _) | (_, added @ ConfigCheck::Added { .. }) => added,
+        _ => ConfigCheck::AlreadySet,
+    }
+}
+
+/// Keeps the subscriptions on the current primaries until the notifier is
+/// dropped: once a second and after every dropped subscription.
+async fn follow(inner: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+    let mut tick = tokio::time::interval(TOPOLOGY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let Some(push) = inner.upgrade().map(|i| Arc::clone(&i.push)) else {
+            return;
         };
-        let last = self.run_id.lock().ok().and_then(|last| last.clone());
-        match (last, now) {
-            (Some(last), Some(now)) if last != now => Some("redis run_id changed"),
-            _ => None,
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+            _ = push.topology_signal.notified() => {
+                // Give a failover a moment to be reported.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        drop(push);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(err) = inner.follow_primaries().await {
+            tracing::debug!(error = %err, "looking up the redis primaries failed");
+        }
+    }
+}
+
+impl Inner {
+    /// Subscribes on every primary not yet subscribed on, and drops the
+    /// subscriptions of nodes that are no longer primaries. New primaries get
+    /// the notification flags and every channel; waiters are told to look
+    /// again (`Disconnected`), since events before were lost.
+    async fn follow_primaries(&self) -> Result<(), StoreError> {
+        let wanted = self.control.primaries().await?;
+        if wanted.is_empty() {
+            return Err(StoreError::NotReady);
+        }
+        let mut subscribers = self.subscribers.lock().await;
+        let before = subscribers.len();
+        subscribers.retain(|s| {
+            let keep = wanted.iter().any(|w| w.addr() == s.info.addr());
+            if !keep {
+                tracing::info!(node = %s.name, "no longer a redis primary: dropping its notification subscription");
+            }
+            keep
+        });
+        let mut changed = subscribers.len() != before;
+        let channels: Vec<String> = self
+            .push
+            .routes
+            .lock()
+            .map(|routes| routes.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut first_error = None;
+        for info in wanted {
+            if subscribers.iter().any(|s| s.info.addr() == info.addr()) {
+                continue;
+            }
+            let name = info.addr().to_string();
+            match self.subscribe_on(info.clone(), &channels).await {
+                Ok(conn) => {
+                    if before > 0 {
+                        tracing::info!(node = %name, "subscribed to keyspace notifications of a new redis primary");
+                    }
+                    subscribers.push(Subscriber { name, info, conn });
+                    changed = true;
+                }
+                Err(err) => {
+                    tracing::debug!(node = %name, error = %err, "subscribing on a redis primary failed");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let none = subscribers.is_empty();
+        drop(subscribers);
+        if changed {
+            self.moved.store(true, Ordering::Relaxed);
+            self.push.dropped_signal.notify_one();
+            let _ = self.notices.send(Notice::Disconnected);
+        }
+        // A primary that cannot be reached now (a shard failing over) is
+        // tried again on the next round; the others' events flow meanwhile.
+        match first_error {
+            Some(err) if none => Err(err),
+            _ => Ok(()),
         }
     }
 
-    /// The server's `run_id`, or `None` where INFO is refused.
-    async fn server_run_id(&self) -> Result<Option<String>, StoreError> {
-        let mut conn = self.control.conn();
-        match self
-            .control
-            .bounded(
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async::<String>(&mut conn),
-            )
+    /// A subscription connection to `info`'s node with `channels`, and the
+    /// notification flags turned on there (CONFIG SET is not replicated).
+    async fn subscribe_on(
+        &self,
+        info: ConnectionInfo,
+        channels: &[String],
+    ) -> Result<ConnectionManager, StoreError> {
+        let push = Arc::clone(&self.push);
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(move |info: PushInfo| push.on_push(info))
+            .set_automatic_resubscription();
+        let mut conn = self.connector.subscriber_at(info, config).await?;
+        if !channels.is_empty() {
+            tokio::time::timeout(self.timeout, conn.subscribe(channels))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))??;
+        }
+        // The probe of the next check says whether events arrive; a refusal
+        // here is only logged.
+        if let Err(err) = flags::enable_notifications(&mut conn, self.timeout).await {
+            tracing::debug!(error = %err, "turning on keyspace notifications on a new primary failed");
+        }
+        Ok(conn)
+    }
+
+    /// Runs `call` on every subscription connection at once; the first error wins.
+    async fn on_every_subscriber<F, Fut>(&self, call: F) -> Result<(), StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<()>>,
+    {
+        let conns: Vec<ConnectionManager> = self
+            .subscribers
+            .lock()
             .await
-        {
+            .iter()
+            .map(|s| s.conn.clone())
+            .collect();
+        if conns.is_empty() {
+            return Err(StoreError::NotReady);
+        }
+        let calls = conns.into_iter().map(|conn| {
+            let call = call(conn);
+            async move {
+                match tokio::time::timeout(self.timeout, call).await {
+                    Ok(result) => result.map_err(StoreError::from),
+                    Err(_) => Err(StoreError::Timeout(self.timeout)),
+                }
+            }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The server's `run_id`, or `None` where INFO is refused.
+    async fn server_run_id(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> Result<Option<String>, StoreError> {
+        let info = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("INFO").arg("server").query_async::<String>(conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))?;
+        match info {
             Ok(info) => Ok(flags::run_id(&info)),
-            Err(StoreError::Redis(err)) if err.code().is_some() => Ok(None),
-            Err(err) => Err(err),
+            Err(err) if err.code().is_some() => Ok(None),
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -289,11 +556,12 @@ impl Notifier {
         // Late events of an earlier probe that gave up.
         while events.try_recv().is_ok() {}
         let channel = self.ns.keyspace_channel(key);
-        let mut conn = self.conn.clone();
         // Subscribing again is harmless, and it waits for a reconnect in progress.
-        tokio::time::timeout(self.timeout, conn.subscribe(&channel))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
+        self.on_every_subscriber(|mut conn| {
+            let channel = channel.clone();
+            async move { conn.subscribe(&channel).await }
+        })
+        .await?;
         let mut control = self.control.conn();
         // hset, del, zadd and expire; the key lives one millisecond at most.
         self.control

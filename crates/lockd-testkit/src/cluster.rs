@@ -92,6 +92,17 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::addr).collect()
     }
 
+    /// `redis+cluster://` with every node as a seed, for lockd's `--redis-url`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.addrs().iter().map(|a| a.to_string()).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The primary serving `slot`, as the first live node that answers sees it.
+    pub fn primary_of(&self, slot: u16) -> Option<SocketAddr> {
+        self.owner(slot)
+    }
+
     /// The primaries that serve slots, as the first live node that answers
     /// sees them (empty if none answers).
     pub fn shards(&self) -> Vec<Shard> {
@@ -294,6 +305,8 @@ mod tests {
         assert_eq!(shards.len(), 3, "{shards:?}");
         assert_eq!(cluster.nodes().len(), 6);
         assert!(cluster.addrs().iter().all(|a| a.ip().is_loopback()));
+        assert!(cluster.url().starts_with("redis+cluster://127.0.0.1:"));
+        assert!(cluster.primary_of(0).is_some());
         let old = cluster.kill_primary_of(0);
         let replica = shards.iter().find(|s| s.primary == old).unwrap().replicas[0];
         let new = cluster.wait_for_failover(0, old);

@@ -85,6 +85,31 @@ impl SentinelGroup {
         self.sentinels.iter().map(RedisServer::addr).collect()
     }
 
+    /// `redis+sentinel://` with every sentinel and the master name, for lockd's `--redis-url`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinel_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        format!(
+            "redis+sentinel://{}/{}",
+            hosts.join(","),
+            SentinelGroup::MASTER_NAME
+        )
+    }
+
+    /// The data nodes other than the current primary.
+    pub fn replica_addrs(&self) -> Vec<SocketAddr> {
+        let primary = self.primary_addr();
+        self.nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(RedisServer::addr)
+            .filter(|a| *a != primary)
+            .collect()
+    }
+
     /// The primary and the replicas, in start order (not in current roles).
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
@@ -224,6 +249,9 @@ mod tests {
     fn a_killed_primary_is_replaced() {
         let mut group = SentinelGroup::start();
         assert_eq!(group.sentinel_addrs().len(), 3);
+        assert!(group.url().starts_with("redis+sentinel://127.0.0.1:"));
+        assert!(group.url().ends_with("/mymaster"));
+        assert_eq!(group.replica_addrs().len(), 2);
         assert_eq!(group.nodes().len(), 3);
         let old = group.kill_primary();
         let new = group.wait_for_failover(old);

@@ -1,0 +1,511 @@
+//! The one place that opens connections to Redis: the lanes lock operations
+//! run on and the connections that receive keyspace notifications.
+//!
+//! A [`Connector`] reads the URL ([`url`]): one server, a primary found
+//! through Sentinel ([`sentinel`]), or a Cluster ([`cluster`]). Everything
+//! else asks it for connections and never parses a URL itself. Lanes
+//! ([`lane`]) come from deadpool-redis pools and are held for good.
+
+mod cluster;
+mod lane;
+mod sentinel;
+mod url;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_redis::{Runtime, Timeouts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionInfo, ProtocolVersion, RedisResult};
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+pub use lane::Lane;
+pub(crate) use lane::check_primary;
+use lane::{NodeLane, NodeSource, lock};
+use url::Target;
+
+/// What kind of deployment a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`redis://`, `rediss://`, `redis+unix://`).
+    Standalone,
+    /// A primary the sentinels name (`redis+sentinel://`).
+    Sentinel,
+    /// A Redis Cluster (`redis+cluster://`).
+    Cluster,
+}
+
+/// How to reach one Redis deployment.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    target: Target,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// Parses `url` (failing with [`StoreError::BadUrl`] naming the part
+    /// that is wrong); `timeout` bounds every call on the connections it opens.
+    pub fn new(url: &str, timeout: Duration) -> Result<Connector, StoreError> {
+        Ok(Connector {
+            target: url::parse(url)?,
+            timeout,
+        })
+    }
+
+    /// The logical database keys live in, for keyspace channel names.
+    pub fn db(&self) -> i64 {
+        match &self.target {
+            Target::Node(info) => info.redis_settings().db(),
+            Target::Sentinel(t) => t.node.redis_settings().db(),
+            Target::Cluster(_) => 0,
+        }
+    }
+
+    /// The bound on every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn topology(&self) -> Topology {
+        match &self.target {
+            Target::Node(_) => Topology::Standalone,
+            Target::Sentinel(_) => Topology::Sentinel,
+            Target::Cluster(_) => Topology::Cluster,
+        }
+    }
+
+    /// `count` long-lived lanes, each connected to a writable primary (for a
+    /// cluster, a cluster connection each). Fails if that cannot be done
+    /// within a few timeouts.
+    pub async fn lanes(&self, count: usize) -> Result<Lanes, StoreError> {
+        let count = count.max(1);
+        let (shutdown, closed) = watch::channel(());
+        let kind = match &self.target {
+            Target::Node(info) => {
+                let source = Arc::new(NodeSource::fixed(
+                    info.clone(),
+                    self.timeout,
+                    count,
+                    closed,
+                )?);
+                let lanes = open_node_lanes(&source, count).await?;
+                LanesKind::Nodes { lanes, source }
+            }
+            Target::Sentinel(target) => {
+                let resolver = Arc::new(sentinel::Resolver::new(target.clone(), self.timeout));
+                let source = Arc::new(NodeSource::sentinel(
+                    Arc::clone(&resolver),
+                    self.timeout,
+                    count,
+                    closed.clone(),
+                ));
+                let lanes = open_node_lanes(&source, count).await?;
+                tokio::spawn(sentinel::follow(resolver, lanes.clone(), closed));
+                LanesKind::Nodes { lanes, source }
+            }
+            Target::Cluster(target) => {
+                let manager = deadpool_redis::cluster::Manager::new(target.seeds.clone(), false)?;
+                let pool = deadpool_redis::cluster::Pool::builder(manager)
+                    .max_size(count)
+                    .runtime(Runtime::Tokio1)
+                    .timeouts(Timeouts {
+                        wait: Some(self.timeout),
+                        create: Some(self.timeout * 3),
+                        recycle: Some(self.timeout),
+                    })
+                    .build()
+                    .map_err(|e| {
+                        StoreError::Redis(lane::io_error(format!("building a cluster pool: {e}")))
+                    })?;
+                let mut conns = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let object = pool
+                        .get()
+                        .await
+                        .map_err(|e| lane::pool_error(e, self.timeout * 3))?;
+                    conns.push(deadpool_redis::cluster::Connection::take(object));
+                }
+                LanesKind::Cluster {
+                    conns,
+                    template: target.seeds[0].clone(),
+                    failing: Mutex::new(Vec::new()),
+                }
+            }
+        };
+        Ok(Lanes {
+            kind,
+            next: AtomicUsize::new(0),
+            timeout: self.timeout,
+            _shutdown: shutdown,
+        })
+    }
+
+    /// A RESP3 connection to the node `info` names, for pub/sub, configured
+    /// by `config` (push sender, resubscription) on top of this connector's
+    /// timeouts. It reconnects to that address by itself.
+    pub(crate) async fn subscriber_at(
+        &self,
+        info: ConnectionInfo,
+        config: ConnectionManagerConfig,
+    ) -> Result<ConnectionManager, StoreError> {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let config = config
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout))
+            .set_max_delay(Duration::from_secs(1));
+        let client = redis::Client::open(info)?;
+        bounded_by(
+            self.timeout * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+    }
+}
+
+/// Opens `count` lanes one after the other, each within its limit.
+async fn open_node_lanes(
+    source: &Arc<NodeSource>,
+    count: usize,
+) -> Result<Vec<Arc<NodeLane>>, StoreError> {
+    let mut lanes = Vec::with_capacity(count);
+    for index in 0..count {
+        let limit = source.connect_limit();
+        let (conn, addr) = bounded_by(limit, source.connect()).await?;
+        lanes.push(NodeLane::new(index, Arc::clone(source), conn, addr));
+    }
+    Ok(lanes)
+}
+
+async fn bounded_by<T, E: Into<StoreError>>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(StoreError::Timeout(limit)),
+    }
+}
+
+/// Whether a failure to connect or to run the startup checks means only that
+/// Redis does not answer (yet): down, starting, loading its data, no primary
+/// elected, the node answering is a demoted primary (READONLY). Waiting can
+/// fix those. Everything else (a refused password, a
+/// port that does not speak Redis, a previous key layout, an evicting
+/// policy, notifications that cannot be turned on) is a configuration to
+/// change, which retrying cannot fix.
+pub fn is_unreachable(err: &StoreError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match err {
+        StoreError::NotReady | StoreError::Timeout(_) => true,
+        StoreError::Redis(err) => {
+            err.is_io_error()
+                || matches!(
+                    err.kind(),
+                    ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            // The node is no longer the primary: a failover
+                            // is under way, and the lanes follow it.
+                            | ServerErrorKind::ReadOnly
+                    )
+                )
+        }
+        _ => false,
+    }
+}
+
+/// `url` as it may be logged: the password in the authority
+/// (`redis://user:secret@host`) and any `pass`/`password` query parameter
+/// (`redis+unix:///run/redis.sock?pass=secret`) become `***`, so that an
+/// operator sees where lockd connects without the secret reaching the logs.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    // Split at the last '@': a password may hold '@', '/' or '?' unescaped,
+    // a host and a database number never do. Hiding too much beats leaking.
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), rest),
+            // `redis://secret@host` is read as a bare password by some clients.
+            None => ("***@".to_owned(), rest),
+        },
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("pass")
+                            || key.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{userinfo}{rest}")
+}
+
+/// A few long-lived connections that pipeline concurrent requests; calls
+/// are spread over them in turn. Dropping it ends its background tasks (lane
+/// replacement, following Sentinel).
+pub struct Lanes {
+    kind: LanesKind,
+    next: AtomicUsize,
+    timeout: Duration,
+    /// Closed on drop, which every background task of these lanes watches.
+    _shutdown: watch::Sender<()>,
+}
+
+enum LanesKind {
+    Nodes {
+        lanes: Vec<Arc<NodeLane>>,
+        source: Arc<NodeSource>,
+    },
+    Cluster {
+        conns: Vec<ClusterConnection>,
+        /// Credentials and protocol of every node.
+        template: ConnectionInfo,
+        /// The shards the last [`Lanes::ping_all`] could not reach, to log changes only.
+        failing: Mutex<Vec<String>>,
+    },
+}
+
+impl Lanes {
+    /// The next lane.
+    pub fn conn(&self) -> Lane {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.kind {
+            LanesKind::Nodes { lanes, .. } => {
+                Lane::node(Arc::clone(&lanes[i % lanes.len()]), self.timeout)
+            }
+            LanesKind::Cluster { conns, .. } => {
+                Lane::cluster(conns[i % conns.len()].clone(), self.timeout)
+            }
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        match &self.kind {
+            LanesKind::Nodes { source, .. } if source.resolver().is_some() => Topology::Sentinel,
+            LanesKind::Nodes { .. } => Topology::Standalone,
+            LanesKind::Cluster { .. } => Topology::Cluster,
+        }
+    }
+
+    /// Whether every lane reaches a writable primary, within the timeout.
+    ///
+    /// Standalone and Sentinel: each lane's node answers ROLE `master` (a
+    /// demoted primary still answers PING); a lane whose node does not is
+    /// replaced, and one being replaced is waited for. A lane learns that its
+    /// connection died (a restarted Redis) only from a command that fails on
+    /// it, so asking every lane lets that happen here rather than in a
+    /// caller's request.
+    ///
+    /// Cluster: every lane reaches at least one primary; the shards it cannot
+    /// reach are logged, since the others still serve their slots.
+    pub async fn ping_all(&self) -> Result<(), StoreError> {
+        match &self.kind {
+            LanesKind::Nodes { lanes, .. } => {
+                let checks = lanes.iter().map(|lane| {
+                    self.bounded_store(async move {
+                        let current = lane.current().await?;
+                        let mut conn = current.conn.clone();
+                        match check_primary(&mut conn, &current.addr).await {
+                            Ok(()) => Ok(()),
+                            Err(StoreError::Redis(err)) => {
+                                lane.check(current.generation, &err);
+                                Err(StoreError::Redis(err))
+                            }
+                            Err(err) => Err(err),
+                        }
+                    })
+                });
+                for result in futures::future::join_all(checks).await {
+                    result?;
+                }
+                Ok(())
+            }
+            LanesKind::Cluster { conns, failing, .. } => {
+                self.bounded_store(self.ping_cluster(conns, failing)).await
+            }
+        }
+    }
+
+    async fn ping_cluster(
+        &self,
+        conns: &[ClusterConnection],
+        failing: &Mutex<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        // Any node can tell the topology; one that is down cannot.
+        let mut primaries = Err(StoreError::NotReady);
+        for conn in conns {
+            primaries = cluster::primaries(&mut conn.clone()).await;
+            if primaries.is_ok() {
+                break;
+            }
+        }
+        let primaries = primaries?;
+        if primaries.is_empty() {
+            return Err(StoreError::Redis(lane::io_error(
+                "the cluster reports no reachable primary".to_owned(),
+            )));
+        }
+        let pings = conns.iter().enumerate().flat_map(|(i, conn)| {
+            primaries.iter().map(move |p| {
+                let mut conn = conn.clone();
+                async move {
+                    let result =
+                        cluster::on_node(&mut conn, &p.host, p.port, redis::cmd("PING")).await;
+                    (i, format!("{}:{}", p.host, p.port), result)
+                }
+            })
+        });
+        let results = futures::future::join_all(pings).await;
+        let mut reached = vec![false; conns.len()];
+        let mut down: Vec<String> = Vec::new();
+        let mut last_error = None;
+        for (i, shard, result) in results {
+            match result {
+                Ok(_) => reached[i] = true,
+                Err(err) => {
+                    if !down.contains(&shard) {
+                        down.push(shard);
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+        down.sort();
+        {
+            let mut known = lock(failing);
+            if *known != down {
+                if down.is_empty() {
+                    tracing::info!("every cluster primary answers again");
+                } else {
+                    tracing::warn!(
+                        shards = ?down,
+                        error = ?last_error.as_ref().map(|e| e.to_string()),
+                        "cluster primaries do not answer; their slots are unavailable"
+                    );
+                }
+                *known = down;
+            }
+        }
+        match (reached.iter().all(|r| *r), last_error) {
+            (true, _) => Ok(()),
+            (false, Some(err)) => Err(err.into()),
+            (false, None) => Err(StoreError::NotReady),
+        }
+    }
+
+    /// Where keyspace notifications come from: every primary, as its own
+    /// node (the standalone server, the primary the sentinels name, every
+    /// primary of the cluster).
+    pub(crate) async fn primaries(&self) -> Result<Vec<ConnectionInfo>, StoreError> {
+        match &self.kind {
+            LanesKind::Nodes { lanes, source } => {
+                let addr = lanes
+                    .iter()
+                    .find_map(|lane| lane.addr())
+                    .or_else(|| source.primary());
+                Ok(addr
+                    .map(|addr| source.node_info(&addr))
+                    .into_iter()
+                    .collect())
+            }
+            LanesKind::Cluster {
+                conns, template, ..
+            } => {
+                let mut conn = conns[0].clone();
+                let primaries = self.bounded_store(cluster::primaries(&mut conn)).await?;
+                Ok(primaries
+                    .iter()
+                    .map(|p| url::with_host(template, &p.host, p.port))
+                    .collect())
+            }
+        }
+    }
+
+    /// Runs `call` within the timeout; past it the outcome is unknown.
+    pub async fn bounded<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        bounded_by(self.timeout, call).await
+    }
+
+    async fn bounded_store<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        bounded_by(self.timeout, call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let cases = [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://:sekret@127.0.0.1:6379/2",
+                "redis://:***@127.0.0.1:6379/2",
+            ),
+            (
+                "rediss://app:se@cr:et@redis.svc:6380",
+                "rediss://app:***@redis.svc:6380",
+            ),
+            ("redis://sekret@host", "redis://***@host"),
+            ("redis://:a/b?c@host:1", "redis://:***@host:1"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=sekret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis://host/0?protocol=resp3",
+                "redis://host/0?protocol=resp3",
+            ),
+            (
+                "redis+sentinel://app:sekret@s1:26379,s2:26379/mymaster/1",
+                "redis+sentinel://app:***@s1:26379,s2:26379/mymaster/1",
+            ),
+            (
+                "rediss+sentinel://:se@cr/et@[::1]:26379/m",
+                "rediss+sentinel://:***@[::1]:26379/m",
+            ),
+            (
+                "redis+cluster://sekret@a:7000,b:7001",
+                "redis+cluster://***@a:7000,b:7001",
+            ),
+            (
+                "redis+cluster://a:7000,b:7001?password=sekret",
+                "redis+cluster://a:7000,b:7001?password=***",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
+}

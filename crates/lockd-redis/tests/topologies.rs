@@ -1,0 +1,464 @@
+//! The store on Sentinel, on Cluster and on a restarted standalone server, with real servers.
+//!
+//! Every test starts its own deployment (lockd-testkit) and stays well under a
+//! minute; failovers take about 3 s here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lockd_core::{AcquireOutcome, AcquireSpec, Caller, Lease, LockError, LockId, LockMode};
+use lockd_redis::conn::{Connector, Lanes, Topology};
+use lockd_redis::{Notice, RedisOptions, RedisStore};
+use lockd_testkit::{RedisCluster, RedisServer, SentinelGroup, unique};
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the store may take to follow a failover, once the deployment has.
+const FOLLOW: Duration = Duration::from_secs(20);
+
+fn options(url: &str) -> RedisOptions {
+    RedisOptions {
+        url: url.to_owned(),
+        key_prefix: unique("topo"),
+        connections: 4,
+        timeout: TIMEOUT,
+        list_held_index: false,
+        max_ttl: Duration::from_secs(60),
+    }
+}
+
+const CALLER: Caller<'static> = Caller {
+    daemon_id: "topologies",
+    liveness_ms: 10_000,
+};
+
+async fn acquire(store: &RedisStore, resource: &str) -> Result<Lease, LockError> {
+    let spec = AcquireSpec {
+        resource: resource.to_owned(),
+        mode: LockMode::Exclusive,
+        ttl_ms: 30_000,
+        wait_ms: 0,
+        client_id: "topologies".to_owned(),
+        max_renewals: 0,
+    };
+    let secret = LockId::generate(resource).secret;
+    match store.acquire(&spec, &secret, &CALLER, 100).await.0 {
+        Ok(AcquireOutcome::Granted(lease)) => Ok(lease),
+        Ok(other) => panic!("acquiring fresh resource {resource} answered {other:?}"),
+        Err(err) => Err(err),
+    }
+}
+
+/// Acquires fresh resources until one is granted; every failure meanwhile
+/// must be UNAVAILABLE. Returns the granted resource.
+async fn acquire_until_granted(store: &RedisStore, name: &str) -> String {
+    let deadline = Instant::now() + FOLLOW;
+    for attempt in 0.. {
+        let resource = format!("{name}-{attempt}");
+        match acquire(store, &resource).await {
+            Ok(_) => return resource,
+            Err(LockError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("acquire of {resource} failed with {err:?}"),
+        }
+    }
+    unreachable!()
+}
+
+/// A direct async connection to one node, for looking at keys.
+async fn node(addr: SocketAddr) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn exists(addr: SocketAddr, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut node(addr).await)
+        .await
+        .unwrap()
+        == 1
+}
+
+async fn role(addr: SocketAddr) -> String {
+    let value: redis::Value = redis::cmd("ROLE")
+        .query_async(&mut node(addr).await)
+        .await
+        .unwrap();
+    match value {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("ROLE answered {other:?}"),
+        },
+        other => panic!("ROLE answered {other:?}"),
+    }
+}
+
+/// Waits for `Changed(resource)` for every resource of `wanted`.
+async fn expect_changes(rx: &mut mpsc::UnboundedReceiver<Notice>, wanted: &[String]) {
+    let mut missing: HashSet<&String> = wanted.iter().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Notice::Changed(resource))) => {
+                missing.remove(&resource);
+            }
+            Ok(Some(Notice::Disconnected)) => {}
+            Ok(None) | Err(_) => panic!("no keyspace notice for {missing:?}"),
+        }
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Notice>) {
+    while rx.try_recv().is_ok() {}
+}
+
+async fn wait_ping(lanes_ping: impl AsyncFn() -> Result<(), lockd_redis::StoreError>, ok: bool) {
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        if lanes_ping().await.is_ok() == ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ping_all did not become {} within {FOLLOW:?}",
+            if ok { "ok" } else { "failing" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standalone_server_is_reconnected_to() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&options(&server.url())).await.unwrap();
+    acquire(&store, "before").await.unwrap();
+    server.kill();
+    wait_ping(async || store.ping().await, false).await;
+    server.restart();
+    wait_ping(async || store.ping().await, true).await;
+    // Every lane is back: a run of calls meets no dead connection.
+    for i in 0..20 {
+        acquire(&store, &format!("after-{i}")).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_store_follows_a_killed_primary() {
+    let mut group = SentinelGroup::start();
+    let connector = Connector::new(&group.url(), TIMEOUT).unwrap();
+    assert_eq!(connector.topology(), Topology::Sentinel);
+    let store = RedisStore::connect(&options(&group.url())).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let notifier = store.notifier(tx).await.unwrap().probing();
+    notifier.ensure_events().await.unwrap();
+    let first = acquire_until_granted(&store, "first").await;
+    let old = group.primary_addr();
+    assert!(exists(old, &store.namespace().resource(&first).holders).await);
+    let watched = "watched".to_owned();
+    notifier.watch(&watched).await.unwrap();
+    acquire(&store, &watched).await.unwrap();
+    expect_changes(&mut rx, std::slice::from_ref(&watched)).await;
+
+    group.kill_primary();
+    // No primary until the sentinels promote a replica.
+    wait_ping(async || store.ping().await, false).await;
+    let new = group.wait_for_failover(old);
+    let granted = acquire_until_granted(&store, "during").await;
+    assert!(exists(new, &store.namespace().resource(&granted).holders).await);
+    wait_ping(async || store.ping().await, true).await;
+
+    // The subscription followed the primary: a change there is announced.
+    let keys = store.namespace().resource(&watched);
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        drain(&mut rx);
+        let _: () = redis::cmd("HSET")
+            .arg(&keys.holders)
+            .arg("probe")
+            .arg(1)
+            .query_async(&mut node(new).await)
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(notice) = rx.recv().await {
+                if notice == Notice::Changed(watched.clone()) {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no notice from the new primary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_gets_no_writes_once_replaced() {
+    let group = SentinelGroup::start();
+    let store = RedisStore::connect(&options(&group.url())).await.unwrap();
+    acquire_until_granted(&store, "first").await;
+    let old = group.pause_primary();
+    let new = group.wait_for_failover(old);
+    acquire_until_granted(&store, "moved").await;
+    // Back, and still a primary for several seconds: the split-brain window.
+    group.node(old).resume();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let resource = format!("after-{i}");
+        acquire(&store, &resource).await.unwrap();
+        written.push(store.namespace().resource(&resource).holders);
+    }
+    let old_role = role(old).await;
+    eprintln!("the resumed primary {old} answers ROLE {old_role}");
+    if old_role == "master" {
+        for key in &written {
+            assert!(
+                !exists(old, key).await,
+                "{key} was written to the demoted primary"
+            );
+        }
+    }
+    for key in &written {
+        assert!(exists(new, key).await, "{key} is not on the new primary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_counts_the_replicas_that_acknowledged() {
+    let mut group = SentinelGroup::start();
+    let lanes: Lanes = Connector::new(&group.url(), TIMEOUT)
+        .unwrap()
+        .lanes(2)
+        .await
+        .unwrap();
+    let mut lane = lanes.conn();
+    let _: () = redis::cmd("SET")
+        .arg("{k}")
+        .arg("v")
+        .query_async(&mut lane)
+        .await
+        .unwrap();
+    let acked = lane
+        .wait_replicas("{k}", 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(acked >= 1, "{acked} replicas acknowledged");
+    // A lane that ran nothing has no write to wait for.
+    assert!(
+        lanes
+            .conn()
+            .wait_replicas("{k}", 1, Duration::from_millis(10))
+            .await
+            .is_err()
+    );
+    for replica in group.replica_addrs() {
+        group.node_mut(replica).kill();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("{k}")
+        .arg("w")
+        .query_async(&mut lane)
+        .await
+        .unwrap();
+    let acked = lane
+        .wait_replicas("{k}", 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(acked, 0);
+}
+
+/// The resources of `names` by the primary owning their keys.
+async fn by_shard(cluster: &RedisCluster, store: &RedisStore, names: &[String]) -> Vec<String> {
+    let mut any = node(cluster.shards()[0].primary).await;
+    let mut per_shard: Vec<(SocketAddr, String)> = Vec::new();
+    for name in names {
+        let key = store.namespace().resource(name).holders;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut any)
+            .await
+            .unwrap();
+        let owner = cluster.primary_of(slot).unwrap();
+        if !per_shard.iter().any(|(o, _)| *o == owner) {
+            per_shard.push((owner, name.clone()));
+        }
+    }
+    assert_eq!(per_shard.len(), 3, "the names do not cover every shard");
+    per_shard.into_iter().map(|(_, name)| name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_scripts_and_mixed_slot_pipelines_on_every_shard() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("res-{i}")).collect();
+    for name in &names {
+        acquire(&store, name).await.unwrap();
+    }
+    for shard in cluster.shards() {
+        let keys: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut node(shard.primary).await)
+            .await
+            .unwrap();
+        assert!(keys > 0, "no lock state on shard {}", shard.primary);
+    }
+    // Both read all 256 buckets in one pipeline, over every slot.
+    let stats = store.read_stats().await.unwrap();
+    assert_eq!(stats.grants_by_mode.iter().sum::<u64>(), 30);
+    store.reap(&CALLER).await.unwrap();
+    store.ping().await.unwrap();
+    // A lease is read back from its own shard.
+    let lease = acquire(&store, "read-back").await.unwrap();
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    assert_eq!(
+        store.get(&lock).await.unwrap().fencing_token,
+        lease.fencing_token
+    );
+
+    // WAIT goes to the primary of the key's slot only, on every shard.
+    let lanes = Connector::new(&cluster.url(), TIMEOUT)
+        .unwrap()
+        .lanes(1)
+        .await
+        .unwrap();
+    let mut lane = lanes.conn();
+    for name in by_shard(&cluster, &store, &names).await {
+        let key = store.namespace().resource(&name).holders;
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("w")
+            .arg(1)
+            .query_async(&mut lane)
+            .await
+            .unwrap();
+        let acked = lane
+            .wait_replicas(&key, 1, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(acked, 1, "shard of {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_notices_come_from_every_shard_and_survive_a_failover() {
+    let mut cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let notifier = store.notifier(tx).await.unwrap().probing();
+    notifier.ensure_events().await.unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("res-{i}")).collect();
+    let watched = by_shard(&cluster, &store, &names).await;
+    for name in &watched {
+        notifier.watch(name).await.unwrap();
+    }
+    drain(&mut rx);
+    for name in &watched {
+        acquire(&store, name).await.unwrap();
+    }
+    expect_changes(&mut rx, &watched).await;
+
+    let victim = &watched[0];
+    let key = store.namespace().resource(victim).holders;
+    let mut any = node(cluster.shards()[0].primary).await;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut any)
+        .await
+        .unwrap();
+    let old = cluster.kill_primary_of(slot);
+    // The other shards still serve: the store stays healthy.
+    store.ping().await.unwrap();
+    cluster.wait_for_failover(slot, old);
+    let lanes = Connector::new(&cluster.url(), TIMEOUT)
+        .unwrap()
+        .lanes(1)
+        .await
+        .unwrap();
+    let mut lane = lanes.conn();
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        drain(&mut rx);
+        let wrote = redis::cmd("HSET")
+            .arg(&key)
+            .arg("probe")
+            .arg(1)
+            .query_async::<()>(&mut lane)
+            .await;
+        if wrote.is_ok() {
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(notice) = rx.recv().await {
+                    if notice == Notice::Changed(victim.clone()) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notice from the new primary of slot {slot} (write: {wrote:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other shards' notices still arrive, and the store serves everywhere.
+    drain(&mut rx);
+    let others: Vec<String> = watched[1..].to_vec();
+    for name in &others {
+        let _: () = redis::cmd("HSET")
+            .arg(store.namespace().resource(name).holders)
+            .arg("probe")
+            .arg(1)
+            .query_async(&mut lane)
+            .await
+            .unwrap();
+    }
+    expect_changes(&mut rx, &others).await;
+    acquire_until_granted(&store, "after-failover").await;
+    store.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_server_gets_no_writes_until_it_is_a_primary_again() {
+    let other = RedisServer::start();
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&options(&server.url())).await.unwrap();
+    acquire(&store, "before").await.unwrap();
+    let mut admin = node(server.addr()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // It still answers PING, but no lane may use it: READONLY replaces the
+    // lane, and a new one is refused until ROLE says master.
+    wait_ping(async || store.ping().await, false).await;
+    for i in 0..10 {
+        match acquire(&store, &format!("demoted-{i}")).await {
+            Err(LockError::Unavailable(_)) => {}
+            other => panic!("a write to a replica answered {other:?}"),
+        }
+    }
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    wait_ping(async || store.ping().await, true).await;
+    acquire_until_granted(&store, "promoted").await;
+}
