@@ -132,6 +132,10 @@ pub struct FailoverArgs {
     /// so this only bounds how long lockd may hold a request before answering.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub attempt_wait: Duration,
+    /// Copy each run's lockd log into DIR (as <case>-<run>-lockd.log) before
+    /// its scratch folder is removed.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
     /// A run with no grant this long after the kill is given up, and reported so.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub give_up: Duration,

@@ -129,14 +129,21 @@ fn cases(args: &FailoverArgs) -> Vec<Case> {
             });
             continue;
         };
-        for (i, &q) in args.quarantine.iter().enumerate() {
+        for &q in &args.quarantine {
             let mut lockd_args = vec!["--min-replicas-ack".to_string(), ack.to_string()];
             lockd_args.extend(q.lockd_args());
             out.push(Case {
                 system,
                 quarantine: Some(q),
                 lockd_args,
-                tag: format!("{}-q{i}", system.name()),
+                tag: format!(
+                    "{}-q{}",
+                    system.name(),
+                    match q {
+                        Quarantine::Default => "default".to_string(),
+                        Quarantine::For(d) => humantime::format_duration(d).to_string(),
+                    }
+                ),
             });
         }
     }
@@ -256,6 +263,7 @@ struct RunCtx {
     prefix: String,
     pace: Pace,
     attempt_wait: Duration,
+    keep_logs: Option<PathBuf>,
 }
 
 pub async fn run(args: FailoverArgs) -> Result<()> {
@@ -293,7 +301,11 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             give_up: args.give_up,
         },
         attempt_wait: args.attempt_wait,
+        keep_logs: args.keep_logs.clone(),
     };
+    if let Some(dir) = &ctx.keep_logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     eprintln!(
         "lockd-bench failover: {} cases x {} runs, interleaved",
         cases.len(),
@@ -739,6 +751,12 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
         .flatten();
     let alive = daemon.check_running();
     daemon.stop(Duration::from_secs(3)).await;
+    if let Some(keep) = &ctx.keep_logs {
+        let to = keep.join(format!("{}-{run}-lockd.log", case.tag));
+        if let Err(e) = std::fs::copy(dir.join("lockd-0.log"), &to) {
+            tracing::warn!("copying the lockd log to {}: {e}", to.display());
+        }
+    }
     drop(plan);
     drop(store);
     alive.context("lockd died during the failover")?;
