@@ -185,7 +185,30 @@ struct OtherShards {
     ok: u64,
     failed: u64,
     max_ms: f64,
+    /// From the kill: when the first failed pair was sent, and when the last
+    /// one ended: the other shards were unavailable at most this long.
+    #[serde(serialize_with = "opt_ms")]
+    first_failed_sent_ms: Option<Duration>,
+    #[serde(serialize_with = "opt_ms")]
+    last_failed_end_ms: Option<Duration>,
     first_failure: Option<String>,
+}
+
+impl OtherShards {
+    fn failed(&mut self, sent: Duration, end: Duration, why: String) {
+        self.failed += 1;
+        self.first_failed_sent_ms.get_or_insert(sent);
+        self.last_failed_end_ms = Some(end);
+        self.first_failure.get_or_insert(why);
+    }
+
+    /// How long the other shards failed, from the first failure to the last.
+    fn outage(&self) -> Option<Duration> {
+        Some(
+            self.last_failed_end_ms?
+                .saturating_sub(self.first_failed_sent_ms?),
+        )
+    }
 }
 
 /// Median, smallest and largest of some runs' figures, in milliseconds.
@@ -469,9 +492,19 @@ fn summarize(case: &Case, runs: Vec<RunResult>, give_up: Duration) -> CaseResult
     if !other.is_empty() {
         let ok: u64 = other.iter().map(|o| o.ok).sum();
         let failed: u64 = other.iter().map(|o| o.failed).sum();
-        let max = other.iter().map(|o| o.max_ms).fold(0.0, f64::max);
+        let outages: Vec<Duration> = other.iter().filter_map(|o| o.outage()).collect();
+        let outage = match Spread::of(&outages) {
+            Some(s) => format!(
+                ", failing for {:.0} ms median ({:.0}-{:.0}) in {} runs",
+                s.median,
+                s.min,
+                s.max,
+                outages.len()
+            ),
+            None => String::new(),
+        };
         notes.push(format!(
-            "other shards meanwhile: {failed} of {} pairs failed, slowest {max:.0} ms",
+            "other shards meanwhile: {failed} of {} pairs failed{outage}",
             ok + failed
         ));
     }
@@ -707,6 +740,7 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let other_task = (!other.is_empty()).then(|| {
         AbortOnDrop(tokio::spawn(other_shards(
+            start,
             other_lockd.clone(),
             other.clone(),
             ttl,
@@ -737,7 +771,7 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
     let (attempts, renewal) = tokio::join!(fresh, renewal);
     stop.store(true, Ordering::Relaxed);
     let other_shards = match other_task {
-        Some(mut t) => tokio::time::timeout(Duration::from_secs(5), &mut t.0)
+        Some(mut t) => tokio::time::timeout(ctx.pace.give_up, &mut t.0)
             .await
             .ok()
             .and_then(Result::ok),
@@ -774,8 +808,10 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
 }
 
 /// Takes and releases the resources of the other shards in turn, every
-/// `pace.every`, until `stop`.
+/// `pace.every`, until `stop` is set and the last pair succeeded (so that the
+/// end of an outage is seen), or `pace.give_up` has passed.
 async fn other_shards(
+    start: Instant,
     lockd: Arc<Lockd>,
     names: Vec<String>,
     ttl: Duration,
@@ -783,8 +819,9 @@ async fn other_shards(
     pace: Pace,
 ) -> OtherShards {
     let mut out = OtherShards::default();
+    let mut last_ok = true;
     for i in 0.. {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) && last_ok || start.elapsed() > pace.give_up {
             break;
         }
         let req = LockReq {
@@ -798,19 +835,13 @@ async fn other_shards(
             let held = lockd.acquire(0, &req).await?;
             lockd.release(0, &held).await
         };
+        let sent = started.duration_since(start);
         match tokio::time::timeout(pace.timeout, pair).await {
             Ok(Ok(())) => out.ok += 1,
-            Ok(Err(e)) => {
-                out.failed += 1;
-                out.first_failure
-                    .get_or_insert_with(|| flatten(&format!("{e:#}"), 300));
-            }
-            Err(_) => {
-                out.failed += 1;
-                out.first_failure
-                    .get_or_insert_with(|| "attempt timeout".into());
-            }
+            Ok(Err(e)) => out.failed(sent, start.elapsed(), flatten(&format!("{e:#}"), 300)),
+            Err(_) => out.failed(sent, start.elapsed(), "attempt timeout".into()),
         }
+        last_ok = out.last_failed_end_ms.is_none_or(|end| end < sent);
         out.max_ms = out.max_ms.max(ms(started.elapsed()));
         tokio::time::sleep(pace.every).await;
     }
