@@ -604,8 +604,11 @@ struct ClusterPlan {
     /// Resources on the same shard, taken before the kill: one released, one held.
     warm: String,
     held: String,
-    /// One resource on each other shard, taken while the fresh one is tried.
+    /// One resource on each other shard, taken while the fresh one is tried,
+    /// by a client whose lease index is not on the shard that is killed
+    /// either: otherwise those grants would depend on it too.
     other: Vec<String>,
+    other_client: String,
     /// A primary of another shard, which the watcher asks.
     survivor: std::net::SocketAddr,
     /// The second replica of the shard that is killed.
@@ -647,6 +650,7 @@ async fn plan_cluster(
             .enumerate()
             .map(|(i, s)| redis::name_in_slots(&format!("{base}other{i}-"), &s.slots, true))
             .collect(),
+        other_client: redis::client_outside("failover-other-shards-", &target.slots),
         survivor,
         _spare: spare,
     })
@@ -705,6 +709,10 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
         None
     };
     let other = plan.as_ref().map(|p| p.other.clone()).unwrap_or_default();
+    let other_client = plan
+        .as_ref()
+        .map(|p| p.other_client.clone())
+        .unwrap_or_default();
     let other_lockd = Arc::new(Lockd::connect(case.system.name(), &[addr], 1).await?);
     for name in &other {
         warm_up(other_lockd.as_ref(), 0, name, ttl).await?;
@@ -743,6 +751,7 @@ async fn lockd_run(case: &Case, ctx: &RunCtx, run: u32) -> Result<RunResult> {
             start,
             other_lockd.clone(),
             other.clone(),
+            other_client.clone(),
             ttl,
             stop.clone(),
             ctx.pace,
@@ -814,6 +823,7 @@ async fn other_shards(
     start: Instant,
     lockd: Arc<Lockd>,
     names: Vec<String>,
+    client_id: String,
     ttl: Duration,
     stop: Arc<AtomicBool>,
     pace: Pace,
@@ -826,7 +836,7 @@ async fn other_shards(
         }
         let req = LockReq {
             resource: names[i % names.len()].clone(),
-            client_id: "failover-other-shards".into(),
+            client_id: client_id.clone(),
             ttl_ms: ttl.as_millis() as u64,
             wait: Duration::from_millis(200),
         };

@@ -60,6 +60,23 @@ pub fn resource_slot(resource: &str) -> u16 {
     key_slot(&resource_key(resource))
 }
 
+/// The slot of a client id's lease index (which lockd writes ahead of every
+/// grant to it, wherever the resource is).
+pub fn client_slot(client_id: &str) -> u16 {
+    key_slot(&lockd_redis::keys::Namespace::new(LOCKD_KEY_PREFIX, 0).client_index(client_id))
+}
+
+/// The first of `<base>0`, `<base>1`, ... whose lease index is outside `slots`.
+pub fn client_outside(base: &str, slots: &[(u16, u16)]) -> String {
+    (0u32..)
+        .map(|i| format!("{base}{i}"))
+        .find(|id| {
+            let slot = client_slot(id);
+            !slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+        })
+        .unwrap_or_default()
+}
+
 /// `CLUSTER KEYSLOT` of `key` on the node at `addr`, to check [`key_slot`]
 /// against the server.
 pub async fn server_key_slot(addr: SocketAddr, key: &str) -> Result<u16> {
@@ -338,6 +355,8 @@ mod tests {
         assert!(resource_slot(&inside) <= 5460);
         let outside = name_in_slots("r/", &[(0, 5460)], false);
         assert!(resource_slot(&outside) > 5460);
+        let client = client_outside("c-", &[(0, 5460)]);
+        assert!(client_slot(&client) > 5460);
     }
 
     #[test]
