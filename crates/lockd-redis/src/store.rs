@@ -334,14 +334,9 @@ impl RedisStore {
         let Some(confirm) = self.confirm else {
             return Ok(());
         };
-        match wait_replicas(
-            conn,
-            routing_key,
-            confirm.replicas,
-            confirm.within,
-            self.connector.timeout(),
-        )
-        .await
+        match conn
+            .wait_replicas(routing_key, confirm.replicas, confirm.within)
+            .await
         {
             Ok(acked) if acked >= confirm.replicas => Ok(()),
             Ok(acked) => Err(format!(
@@ -882,24 +877,6 @@ fn quarantined(payload: &Value) -> LockError {
          (--failover-quarantine), so that a lease lost with the old server has ended; \
          retry then, or wait in line"
     ))
-}
-
-/// `WAIT replicas timeout` on `conn`: how many replicas have every write it sent.
-async fn wait_replicas(
-    conn: &mut Lane,
-    _routing_key: &str,
-    replicas: usize,
-    within: Duration,
-    timeout: Duration,
-) -> Result<usize, StoreError> {
-    let mut cmd = redis::cmd("WAIT");
-    cmd.arg(replicas)
-        .arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
-    let wait = cmd.query_async::<i64>(conn);
-    match tokio::time::timeout(within + timeout, wait).await {
-        Ok(acked) => Ok(usize::try_from(acked?).unwrap_or(0)),
-        Err(_) => Err(StoreError::Timeout(within + timeout)),
-    }
 }
 
 fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
