@@ -26,6 +26,10 @@ fn options(url: &str) -> RedisOptions {
         timeout: TIMEOUT,
         list_held_index: false,
         max_ttl: Duration::from_secs(60),
+        // These tests follow connections through failovers; the quarantine
+        // after one is the daemon's tests' concern (tests/integration/ha.rs).
+        failover_quarantine: Duration::ZERO,
+        ..RedisOptions::new(url, "")
     }
 }
 
