@@ -217,11 +217,12 @@ async fn grants_wait_for_a_replica_and_an_unconfirmed_grant_is_released() {
     }
 }
 
-/// A lift of the token floor, as the bucket pass makes it on a bucket whose
-/// recorded server is not this one: the new floor must clear what a lost
-/// server that took over from the same state could have handed out.
+/// A lift of the token offset, as the bucket pass makes it on a bucket whose
+/// recorded server is not this one: the tokens that follow must clear what a
+/// lost server that took over from the same state (and lifted, and granted)
+/// could have handed out before now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_lift_clears_a_lost_one_made_from_the_same_floor() {
+async fn a_second_lift_clears_a_lost_one_made_from_the_same_state() {
     use lockd_redis::{RedisOptions, RedisStore};
     let server = RedisServer::start();
     let prefix = unique("lift");
@@ -230,35 +231,39 @@ async fn a_second_lift_clears_a_lost_one_made_from_the_same_floor() {
         .unwrap();
     let stats = store.namespace().stats(7);
     let mut conn = server.connection();
-    let time: Vec<u64> = redis::cmd("TIME").query(&mut conn).unwrap();
-    let now_us = time[0] * 1_000_000 + time[1];
+    let clock = |conn: &mut redis::Connection| -> u64 {
+        let time: Vec<u64> = redis::cmd("TIME").query(conn).unwrap();
+        time[0] * 1_000_000 + time[1]
+    };
+    let now_us = clock(&mut conn);
     let hour = 3_600_000_000u64;
-    // A lift 20 minutes ago left the floor 40 minutes ahead of the clock; a
-    // server that took over since (and was lost) lifted it from there, by an
-    // hour plus the 20 minutes, and handed out tokens above that.
-    let last_lift = now_us - 1_200_000_000;
-    let floor = now_us + 2_400_000_000;
-    let lost_server_floor = floor + 1_200_000_000 + hour;
+    // Two earlier failovers left an offset of two hours; the last grant was
+    // 10 s ago. A server that took over from this state (and was lost)
+    // lifted the offset by an hour and granted until a second ago.
+    let offset = 2 * hour;
+    let floor = now_us + offset - 10_000_000;
+    let lost_server_last_token = now_us - 1_000_000 + offset + hour;
     let _: () = redis::cmd("HSET")
         .arg(&stats)
         .arg("n")
         .arg("a-lost-server/replid")
         .arg("f")
         .arg(floor)
-        .arg("l")
-        .arg(last_lift)
+        .arg("o")
+        .arg(offset)
         .query(&mut conn)
         .unwrap();
     assert!(store.check_buckets().await.unwrap() >= 1);
-    let lifted: u64 = redis::cmd("HGET")
+    let (floor, offset): (u64, u64) = redis::cmd("HMGET")
         .arg(&stats)
         .arg("f")
+        .arg("o")
         .query(&mut conn)
         .unwrap();
+    let next_token = (floor + 1).max(clock(&mut conn) + offset);
     assert!(
-        lifted > lost_server_floor,
-        "lifted to {lifted}, not above the lost server's {lost_server_floor}"
+        next_token > lost_server_last_token,
+        "the next token {next_token} is not above the lost server's {lost_server_last_token}"
     );
-    // Far from the precision limit of Lua's numbers.
-    assert!(lifted < floor + 2 * hour);
+    assert_eq!(offset, 3 * hour, "one hour per change of server");
 }

@@ -164,13 +164,15 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Reads the run_id of every primary the lanes reach (one, or each
-    /// Cluster primary) and says whether the set changed since last read.
+    /// Reads the run_id and replication id of every primary the lanes reach
+    /// (one, or each Cluster primary) and says whether the set changed since
+    /// last read.
     async fn servers_changed(&self) -> Result<bool, StoreError> {
         let info: Value = self
             .bounded(
                 redis::cmd("INFO")
                     .arg("server")
+                    .arg("replication")
                     .query_async(&mut self.conn()),
             )
             .await?;
@@ -842,8 +844,8 @@ fn lease_reply(
     (result, reply.effects)
 }
 
-/// The `run_id` lines of an INFO reply: one server's text, or a Cluster's
-/// map of node to text.
+/// The `run_id` and `master_replid` lines of an INFO reply: one server's
+/// text, or a Cluster's map of node to text.
 fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
     match info {
         Value::Map(nodes) => {
@@ -858,10 +860,13 @@ fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
         }
         other => {
             if let Ok(text) = text(other) {
+                // A server is its run_id and its replication id, as in failover.lua.
                 out.extend(
                     text.lines()
-                        .filter_map(|line| line.strip_prefix("run_id:"))
-                        .map(|id| id.trim().to_owned()),
+                        .filter(|line| {
+                            line.starts_with("run_id:") || line.starts_with("master_replid:")
+                        })
+                        .map(|line| line.trim().to_owned()),
                 );
             }
         }
@@ -901,10 +906,13 @@ mod tests {
 
     #[test]
     fn run_ids_come_from_one_server_or_every_cluster_primary() {
-        let one = Value::BulkString(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n".to_vec());
+        let one = Value::BulkString(
+            b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n# Replication\r\nmaster_replid:r1\r\nmaster_replid2:0\r\n"
+                .to_vec(),
+        );
         let mut ids = Vec::new();
         collect_run_ids(&one, &mut ids);
-        assert_eq!(ids, ["abc"]);
+        assert_eq!(ids, ["run_id:abc", "master_replid:r1"]);
 
         let node = |id: &str| Value::VerbatimString {
             format: redis::VerbatimFormat::Text,
@@ -916,6 +924,6 @@ mod tests {
         ]);
         let mut ids = Vec::new();
         collect_run_ids(&cluster, &mut ids);
-        assert_eq!(ids, ["x", "y"]);
+        assert_eq!(ids, ["run_id:x", "run_id:y"]);
     }
 }
