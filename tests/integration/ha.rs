@@ -349,7 +349,6 @@ async fn sentinel_failover_to_a_replica_whose_clock_is_30_s_behind() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = group.kill_primary();
-    let killed = Instant::now();
     let new = group.wait_for_failover(old);
     let behind: Vec<u64> = redis::cmd("TIME")
         .query(&mut group.node(new).connection())
@@ -388,9 +387,7 @@ async fn sentinel_failover_to_a_replica_whose_clock_is_30_s_behind() {
         });
     }
     let checked = history.check();
-    let after = history.granted_between(&resources, killed, Instant::now());
-    eprintln!("{checked} holds checked, {after} after the failover to a clock 30 s behind");
-    assert!(after >= resources.len());
+    eprintln!("{checked} holds checked across the failover to a clock 30 s behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,6 +413,18 @@ async fn sentinel_primary_paused_past_failover_comes_back_demoted_and_unused() {
         paused.elapsed()
     );
     load.await.expect("workload");
+    // The sentinels demote it; nothing the daemons did kept it a primary.
+    let demoted = eventually(Duration::from_secs(30), || async {
+        let info: Result<String, _> = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut group.node(old).connection());
+        info.is_ok_and(|info| info.contains("role:slave"))
+    })
+    .await;
+    assert!(
+        demoted,
+        "the old primary {old} did not come back as a replica"
+    );
     let checked = history.check();
     let after = history.granted_between(&resources, paused, Instant::now());
     eprintln!(
@@ -518,11 +527,27 @@ async fn cluster_primary_killed_while_the_other_shards_keep_serving() {
     // The promoted replica has no replica of its own, so WAIT 1 cannot
     // succeed there: the shard serves again once the old primary rejoins.
     let mut c = daemons[0].client().await;
-    let err = c
-        .acquire(req(&doomed[0], "probe").ttl(TTL_MS).wait(0))
-        .await
-        .map(|r| r.into_inner().lease.is_some());
-    eprintln!("the failed-over shard without a replica answers {err:?}");
+    let refused = eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let request = req(&doomed[0], "probe").ttl(TTL_MS).wait(0);
+        async move {
+            c.acquire(request).await.is_err_and(|s| {
+                s.code() == Code::Unavailable && s.message().contains("--min-replicas-ack")
+            })
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "a grant on the shard without a replica was not refused for want of one"
+    );
+    // Waiting for replicas that are not there holds up none of the daemons'
+    // other calls: they stay serving for the other shards.
+    for addr in &addrs {
+        assert!(serving(*addr).await, "daemon {addr} stopped serving");
+    }
+    let spared_now = acquire(&mut c, req(&spared[0], "probe").ttl(TTL_MS)).await;
+    release(&mut c, &spared_now).await;
     cluster.restart_node(old);
     let rejoined = eventually(Duration::from_secs(30), || {
         let mut c = c.clone();

@@ -56,7 +56,7 @@ local now = math.floor(now_us / 1000)
 -- A bucket the previous server may have lost writes of grants nothing until
 -- its quarantine ends; the token floor only grows and never expires, so
 -- tokens increase whatever the clock does.
-local quarantine_end, floor, token_offset = check_server(S, now, now_us, QUARANTINE_MS, KNOWN)
+local quarantine_end, floor, token_offset, _, server = check_server(S, now, now_us, QUARANTINE_MS, KNOWN)
 local quarantined = now < quarantine_end
 local floor_moved = false
 
@@ -384,7 +384,8 @@ end
 
 -- Grants the next in line, hands the caller its grants, writes the counters
 -- and the due index, and builds the reply:
--- {status, payload, my grants (secret, record, ...), ms to the earliest expiry or -1, events, queue length}.
+-- {status, payload, my grants (secret, record, ...), ms to the earliest expiry or -1, events, queue
+-- length, the server (for a confirmation: confirm.lua)}.
 local function finish(me, status, payload)
   promote()
   local mine, others = {}, 0
@@ -451,5 +452,5 @@ local function finish(me, status, payload)
       redis.call('ZREMRANGEBYRANK', T, 0, -(TOP_KEEP + 1))
     end
   end
-  return { status, payload or '', mine, next_exp, events, qlen }
+  return { status, payload or '', mine, next_exp, events, qlen, server }
 end

@@ -26,24 +26,30 @@
 -- Offsets only grow: 2^53 µs leaves room for about two million hours of them.
 local FAILOVER_TOKEN_JUMP_US = 3600000000
 
--- Returns the bucket's quarantine end (ms), its token floor and offset, and
--- whether this call found the server changed. `known`: the bucket was recorded
--- before, so a missing record means lost data rather than a new deployment.
-local function check_server(S, now, now_us, quarantine_ms, known)
+-- The server this script runs on: run_id/master_replid.
+local function server_identity()
   local info = redis.call('INFO', 'server', 'replication')
-  local server = (string.match(info, 'run_id:(%x+)') or '?') .. '/' .. (string.match(info, 'master_replid:(%x+)') or '?')
+  return (string.match(info, 'run_id:(%x+)') or '?') .. '/' .. (string.match(info, 'master_replid:(%x+)') or '?')
+end
+
+-- Returns the bucket's quarantine end (ms), its token floor and offset,
+-- whether this call found the server changed, and the server. `known`: the
+-- bucket was recorded before, so a missing record means lost data rather
+-- than a new deployment.
+local function check_server(S, now, now_us, quarantine_ms, known)
+  local server = server_identity()
   local fields = redis.call('HMGET', S, 'n', 'q', 'f', 'o')
   local seen, quarantine_end = fields[1], tonumber(fields[2] or '0')
   local floor, offset = tonumber(fields[3] or '0'), tonumber(fields[4] or '0')
   if seen == server then
-    return quarantine_end, floor, offset, false
+    return quarantine_end, floor, offset, false, server
   end
   if seen or known then
     quarantine_end = math.max(quarantine_end, now + quarantine_ms)
     offset = math.max(offset, floor - now_us) + FAILOVER_TOKEN_JUMP_US
     redis.call('HSET', S, 'n', server, 'q', string.format('%d', quarantine_end), 'o', string.format('%d', offset))
-    return quarantine_end, floor, offset, true
+    return quarantine_end, floor, offset, true, server
   end
   redis.call('HSET', S, 'n', server)
-  return quarantine_end, floor, offset, false
+  return quarantine_end, floor, offset, false, server
 end

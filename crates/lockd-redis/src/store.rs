@@ -105,12 +105,19 @@ const REAP_CONCURRENCY: usize = 16;
 /// How long a daemon keeps the reaper's turn without renewing it; a dead
 /// reaper's turn passes to another daemon after this.
 const REAPER_CLAIM_MS: u64 = 3_000;
+/// Connections replica confirmations wait on.
+const CONFIRM_CONNECTIONS: usize = 2;
 
-/// Replicas that must confirm a grant before it is answered.
-#[derive(Debug, Clone, Copy)]
+/// Replicas that must confirm a grant before it is answered, and the
+/// connections confirmations wait on: a WAIT blocks its connection, so it
+/// must not hold up the lanes (their calls, the health ping) while replicas lag.
 struct Confirm {
     replicas: usize,
     within: Duration,
+    lanes: Lanes,
+    /// confirm.lua with the server check it needs, sent with EVAL: a
+    /// pipeline does not load scripts.
+    script: String,
 }
 
 /// Lock state in Redis.
@@ -142,6 +149,19 @@ impl RedisStore {
         let ns = Namespace::new(&options.key_prefix, connector.db());
         check_layout(&ns, &lanes).await?;
         check_eviction(&lanes).await?;
+        let confirm = match options.min_replicas_ack {
+            0 => None,
+            replicas => Some(Confirm {
+                replicas,
+                within: options.replicas_timeout,
+                lanes: connector.lanes(CONFIRM_CONNECTIONS).await?,
+                script: format!(
+                    "{}\n{}",
+                    include_str!("../lua/failover.lua"),
+                    include_str!("../lua/confirm.lua")
+                ),
+            }),
+        };
         let store = RedisStore {
             lanes,
             scripts: Scripts::new(options.failover_quarantine),
@@ -153,10 +173,7 @@ impl RedisStore {
             observer: OnceLock::new(),
             address: crate::conn::redacted_url(&options.url),
             known: AtomicBool::new(false),
-            confirm: (options.min_replicas_ack > 0).then_some(Confirm {
-                replicas: options.min_replicas_ack,
-                within: options.replicas_timeout,
-            }),
+            confirm,
             servers: std::sync::Mutex::new(Vec::new()),
         };
         store.servers_changed().await?;
@@ -319,7 +336,7 @@ impl RedisStore {
             (named.name, reply.status.as_str()),
             ("acquire", "granted") | ("renew", "ok")
         ) || !reply.effects.my_grants.is_empty();
-        if grants && let Err(why) = self.confirmed(&mut conn, &keys.stats).await {
+        if grants && let Err(why) = self.confirmed(&keys.stats, &reply.server).await {
             let secrets = reply.effects.my_grants.drain(..).map(|(secret, _)| secret);
             reply.effects.unconfirmed_grants.extend(secrets);
             reply.unconfirmed = Some(why);
@@ -327,27 +344,65 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// Waits until enough replicas have every write this lane sent so far
-    /// (`WAIT` counts the writes of the connection it runs on, so it covers
-    /// the script just answered on `conn`, and the grants of other daemons
-    /// that script took over, which the replication stream carries before
-    /// it). `Err` says why not, for the client.
-    async fn confirmed(&self, conn: &mut Lane, routing_key: &str) -> Result<(), String> {
-        let Some(confirm) = self.confirm else {
+    /// Waits until enough replicas have what `server` (the server a script
+    /// just ran on) wrote up to now in the bucket whose statistics hash is
+    /// `stats`: the grants of that script and those of other daemons it took
+    /// over, which the replication stream carries before. `WAIT` counts the
+    /// writes of the connection it runs on, so it goes with confirm.lua's
+    /// write, checked to be on that same server, in one pipeline on one
+    /// connection. `Err` says why not, for the client.
+    async fn confirmed(&self, stats: &str, server: &str) -> Result<(), String> {
+        let Some(confirm) = &self.confirm else {
             return Ok(());
         };
-        match conn
-            .wait_replicas(routing_key, confirm.replicas, confirm.within)
-            .await
-        {
-            Ok(acked) if acked >= confirm.replicas => Ok(()),
-            Ok(acked) => Err(format!(
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(&confirm.script)
+            .arg(1)
+            .arg(stats)
+            .arg(server);
+        pipe.cmd("WAIT")
+            .arg(confirm.replicas)
+            .arg(u64::try_from(confirm.within.as_millis()).unwrap_or(u64::MAX));
+        let mut conn = confirm.lanes.conn();
+        let bound = confirm.within + self.connector.timeout();
+        let started = Instant::now();
+        let answer = tokio::time::timeout(bound, conn.one_node_pipeline(stats, &pipe)).await;
+        if let Some(observe) = self.observer.get() {
+            let failed = match &answer {
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) => Some("connection"),
+                Err(_) => Some("timeout"),
+            };
+            observe("confirm", started.elapsed(), failed);
+        }
+        let replies = match answer {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(err)) => {
+                return Err(format!(
+                    "redis replicas could not confirm the write (--min-replicas-ack): {err}"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "redis replicas did not confirm the write within {bound:?} (--min-replicas-ack)"
+                ));
+            }
+        };
+        match replies.as_slice() {
+            [Value::Int(1), Value::Int(acked)] if *acked >= confirm.replicas as i64 => Ok(()),
+            [Value::Int(1), Value::Int(acked)] => Err(format!(
                 "only {acked} of the {} replicas --min-replicas-ack requires confirmed the write within {:?}; \
                  a redis failover could lose it",
                 confirm.replicas, confirm.within
             )),
-            Err(err) => Err(format!(
-                "redis replicas could not confirm the write (--min-replicas-ack): {err}"
+            [Value::Int(0), _] => Err(
+                "the redis server that made the write is no longer the one serving its resource \
+                 (a failover); the write may be lost"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unexpected answer to a replica confirmation: {other:?}"
             )),
         }
     }
@@ -447,9 +502,8 @@ impl RedisStore {
         secrets: &[String],
         caller: &Caller<'_>,
     ) -> Outcome<SyncOutcome> {
-        let mut conn = self.conn();
         let reply = self
-            .call_on(conn.clone(), &self.scripts.sync, resource, |inv| {
+            .call_on(self.conn(), &self.scripts.sync, resource, |inv| {
                 inv.arg(caller.daemon_id).arg(caller.liveness_ms);
                 for secret in secrets {
                     inv.arg(secret);
@@ -479,7 +533,18 @@ impl RedisStore {
             .is_ok_and(|states| states.contains(&WaiterState::Granted));
         if found_granted && reply.unconfirmed.is_none() && reply.effects.my_grants.is_empty() {
             let keys = self.ns.resource(resource);
-            reply.unconfirmed = self.confirmed(&mut conn, &keys.stats).await.err();
+            reply.unconfirmed = self.confirmed(&keys.stats, &reply.server).await.err();
+        }
+        // Waiters found granted whose grants are unconfirmed leave, which
+        // releases the grants.
+        if reply.unconfirmed.is_some()
+            && let Ok(states) = &states
+        {
+            for (secret, state) in secrets.iter().zip(states) {
+                if *state == WaiterState::Granted {
+                    reply.effects.unconfirmed_grants.push(secret.clone());
+                }
+            }
         }
         let result = match reply.unconfirmed {
             Some(why) if found_granted => Err(LockError::Unavailable(why)),
@@ -676,6 +741,11 @@ impl RedisStore {
             Ok(false) => {}
             Ok(true) => {
                 if let Err(err) = self.check_buckets().await {
+                    // Forget the servers read, so the next pass tries again.
+                    self.servers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clear();
                     tracing::warn!(error = %err, "checking the buckets' redis server failed");
                 }
             }

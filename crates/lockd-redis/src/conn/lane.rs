@@ -16,7 +16,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError,
-    RedisFuture, ServerErrorKind, Value,
+    RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::{Notify, watch};
 
@@ -132,6 +132,33 @@ impl Lane {
         match value {
             Value::Int(n) if n >= 0 => Ok(n as usize),
             other => Err(StoreError::Reply(format!("WAIT answered {other:?}"))),
+        }
+    }
+}
+
+impl Lane {
+    /// Runs `pipeline` as one write on one connection to the node that
+    /// serves `routing_key` (on Cluster, that slot's primary; redis-rs would
+    /// split a pipeline with keyless commands across nodes), and returns its
+    /// replies. A retry after a dropped connection resends all of it.
+    pub async fn one_node_pipeline(
+        &mut self,
+        routing_key: &str,
+        pipeline: &Pipeline,
+    ) -> RedisResult<Vec<Value>> {
+        let count = pipeline.cmd_iter().count();
+        match &mut self.kind {
+            LaneKind::Cluster(conn) => {
+                let route = Route::with_key(routing_key.as_bytes(), SlotAddr::Master);
+                conn.route_pipeline(
+                    pipeline.clone(),
+                    0,
+                    count,
+                    SingleNodeRoutingInfo::SpecificNode(route),
+                )
+                .await
+            }
+            LaneKind::Node { .. } => self.req_packed_commands(pipeline, 0, count).await,
         }
     }
 }
