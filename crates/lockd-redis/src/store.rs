@@ -135,7 +135,7 @@ pub struct RedisStore {
     address: String,
     /// Every bucket's server was recorded by this store's first bucket pass:
     /// from then on a bucket without a record has lost its data.
-    known: AtomicBool,
+    known: Vec<AtomicBool>,
     confirm: Option<Confirm>,
     /// The run_ids of the primaries the lanes reach, as last read.
     servers: std::sync::Mutex<Vec<String>>,
@@ -172,7 +172,7 @@ impl RedisStore {
             connector,
             observer: OnceLock::new(),
             address: crate::conn::redacted_url(&options.url),
-            known: AtomicBool::new(false),
+            known: (0..BUCKETS).map(|_| AtomicBool::new(false)).collect(),
             confirm,
             servers: std::sync::Mutex::new(Vec::new()),
         };
@@ -210,53 +210,64 @@ impl RedisStore {
     /// recorded. Returns how many buckets it found changed. The lock scripts
     /// make the same check themselves; this pass only makes a failover's
     /// quarantine start when it is noticed rather than when a bucket is next used.
+    ///
+    /// Buckets are passed one call each, so that a Cluster shard that does
+    /// not answer fails only its own buckets: they stay unrecorded, and the
+    /// pass fails only when every bucket failed; after a partial failure the
+    /// reaper's next pass runs it again.
     pub async fn check_buckets(&self) -> Result<usize, StoreError> {
-        let known = self.known.load(Ordering::Relaxed);
-        let mut pipe = redis::pipe();
-        for bucket in 0..BUCKETS {
-            let stats = self.ns.stats(bucket);
-            let call = self.scripts.bucket_call(&stats, known);
-            pipe.invoke_script(&call);
-        }
         let started = Instant::now();
-        let mut conn = self.conn();
-        // A pipeline of EVALSHA does not load scripts: load it first.
-        let loaded: Result<String, StoreError> = self
-            .bounded(
-                self.scripts
-                    .bucket
-                    .script
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await;
-        let result: Result<Vec<(i64, i64)>, StoreError> = match loaded {
-            Ok(_) => self.bounded(pipe.query_async(&mut conn)).await,
-            Err(err) => Err(err),
-        };
-        let result = result.map_err(|err| match err {
-            StoreError::Redis(err) => StoreError::from_script("bucket", err),
-            other => other,
+        let passes = (0..BUCKETS).map(|bucket| async move {
+            let stats = self.ns.stats(bucket);
+            let known = self.known[usize::from(bucket)].load(Ordering::Relaxed);
+            let call = self.scripts.bucket_call(&stats, known);
+            let result: Result<(i64, i64), StoreError> =
+                match self.bounded(call.invoke_async(&mut self.conn())).await {
+                    Err(StoreError::Redis(err)) => Err(StoreError::from_script("bucket", err)),
+                    other => other,
+                };
+            (bucket, result)
         });
-        if let Some(observe) = self.observer.get() {
-            observe(
-                "bucket",
-                started.elapsed(),
-                result.as_ref().err().map(error_kind),
-            );
+        let results = futures::future::join_all(passes).await;
+        let (mut changed, mut longest, mut failed) = (0, 0, None);
+        for (bucket, result) in results {
+            match result {
+                Ok((found, left)) => {
+                    self.known[usize::from(bucket)].store(true, Ordering::Relaxed);
+                    if found == 1 {
+                        changed += 1;
+                        longest = longest.max(left);
+                    }
+                }
+                Err(err) => {
+                    failed.get_or_insert((0, err)).0 += 1;
+                }
+            }
         }
-        let replies = result?;
-        self.known.store(true, Ordering::Relaxed);
-        let changed = replies.iter().filter(|(changed, _)| *changed == 1).count();
+        if let Some(observe) = self.observer.get() {
+            let kind = failed.as_ref().map(|(_, err)| error_kind(err));
+            observe("bucket", started.elapsed(), kind);
+        }
         if changed > 0 {
-            let longest = replies.iter().map(|(_, left)| *left).max().unwrap_or(0);
             tracing::warn!(
                 buckets = changed,
                 quarantine_ms = longest,
                 "the redis server changed since it last held lock state (a failover or a restart that may have lost writes): no new grants in those buckets until their quarantine ends"
             );
         }
-        Ok(changed)
+        match failed {
+            Some((count, err)) if usize::from(BUCKETS) == count => Err(err),
+            Some((count, err)) => {
+                tracing::warn!(buckets = count, error = %err, "the bucket pass failed on some buckets; the reaper runs it again");
+                // Forget the servers read, so the reaper's next pass runs this again.
+                self.servers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                Ok(changed)
+            }
+            None => Ok(changed),
+        }
     }
 
     /// Sets the [`Observer`] of script calls; only the first one set counts.
@@ -324,7 +335,7 @@ impl RedisStore {
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<ScriptReply, StoreError> {
         let keys = self.ns.resource(resource);
-        let known = self.known.load(Ordering::Relaxed);
+        let known = self.known[usize::from(crate::keys::bucket(resource))].load(Ordering::Relaxed);
         let mut invocation = self.scripts.resource_call(named, resource, &keys, known);
         args(&mut invocation);
         let value = self.run(named, &invocation, &mut conn).await?;
@@ -751,19 +762,37 @@ impl RedisStore {
             }
             Err(err) => tracing::warn!(error = %err, "reading the redis servers' run_id failed"),
         }
-        let mut pipe = redis::pipe();
-        for bucket in 0..BUCKETS {
-            pipe.cmd("ZRANGE")
-                .arg(self.ns.due(bucket))
+        // One read a bucket, so that a Cluster shard that does not answer
+        // holds up only its own buckets. A multiplexed connection pipelines
+        // them all the same.
+        let reads = (0..BUCKETS).map(|bucket| async move {
+            let mut read = redis::cmd("ZRANGE");
+            read.arg(self.ns.due(bucket))
                 .arg("-inf")
                 .arg(now_ms)
                 .arg("BYSCORE")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(REAP_PER_BUCKET);
+            self.bounded(read.query_async::<Vec<String>>(&mut self.conn()))
+                .await
+        });
+        let mut found = Vec::new();
+        let mut failed = None;
+        for read in futures::future::join_all(reads).await {
+            match read {
+                Ok(resources) => found.extend(resources),
+                Err(err) => failed.get_or_insert((0, err)).0 += 1,
+            }
         }
-        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut self.conn())).await?;
-        let due = found.into_iter().flatten();
+        match failed {
+            Some((count, err)) if count == usize::from(BUCKETS) => return Err(err),
+            Some((count, err)) => {
+                tracing::warn!(buckets = count, error = %err, "reading the due resources of some buckets failed");
+            }
+            None => {}
+        }
+        let due = found.into_iter();
         // A few at a time: a backlog of due resources must not crowd out the
         // syncs that keep this daemon's own waiters alive.
         let sweeps = futures::stream::iter(due.map(|resource| async move {
