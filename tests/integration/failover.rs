@@ -139,7 +139,7 @@ async fn quarantine_zero_grants_at_once_after_a_restart_and_tokens_still_rise() 
 
 /// A primary with one replica, and a daemon that needs it to confirm grants
 /// within a second (a loaded test machine may starve the replica for a while).
-async fn replicated() -> (RedisServer, RedisServer, Daemon, String) {
+async fn replicated(extra: &[&str]) -> (RedisServer, RedisServer, Daemon, String) {
     let primary = RedisServer::start();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let synced = eventually(Duration::from_secs(10), || async {
@@ -152,23 +152,25 @@ async fn replicated() -> (RedisServer, RedisServer, Daemon, String) {
     .await;
     assert!(synced, "the replica did not sync");
     let prefix = unique("acked");
-    let daemon = Daemon::start(&[
+    let url = primary.url();
+    let mut args = vec![
         "--redis-url",
-        &primary.url(),
+        &url,
         "--key-prefix",
         &prefix,
         "--min-replicas-ack",
         "1",
         "--min-replicas-timeout",
         "1s",
-    ])
-    .await;
+    ];
+    args.extend(extra);
+    let daemon = Daemon::start(&args).await;
     (primary, replica, daemon, prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_wait_for_a_replica_and_an_unconfirmed_grant_is_released() {
-    let (_primary, replica, daemon, _) = replicated().await;
+    let (_primary, replica, daemon, _) = replicated(&[]).await;
     let mut c = daemon.client().await;
     let held = acquire(&mut c, req("held", "a")).await;
 
@@ -266,4 +268,23 @@ async fn a_second_lift_clears_a_lost_one_made_from_the_same_state() {
         "the next token {next_token} is not above the lost server's {lost_server_last_token}"
     );
     assert_eq!(offset, 3 * hour, "one hour per change of server");
+}
+
+/// A confirmation waits --min-replicas-timeout, even when that is longer
+/// than the bound on every other Redis call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_waits_longer_than_the_redis_timeout() {
+    let (_primary, replica, daemon, _) = replicated(&["--redis-timeout", "200ms"]).await;
+    let mut c = daemon.client().await;
+    replica.pause();
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replica.resume();
+    };
+    let (reply, ()) = tokio::join!(c.acquire(req("slow", "a").wait(0)), resume);
+    let lease = reply
+        .expect("confirmed once the replica is back")
+        .into_inner()
+        .lease;
+    assert!(lease.is_some());
 }

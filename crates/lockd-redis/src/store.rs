@@ -115,9 +115,10 @@ struct Confirm {
     replicas: usize,
     within: Duration,
     lanes: Lanes,
-    /// confirm.lua with the server check it needs, sent with EVAL: a
-    /// pipeline does not load scripts.
-    script: String,
+    /// confirm.lua with the server check it needs. A pipeline does not load
+    /// scripts: it runs by SHA, and by its text on a server that lacks it.
+    script: redis::Script,
+    source: String,
 }
 
 /// Lock state in Redis.
@@ -155,11 +156,8 @@ impl RedisStore {
                 replicas,
                 within: options.replicas_timeout,
                 lanes: connector.lanes(CONFIRM_CONNECTIONS).await?,
-                script: format!(
-                    "{}\n{}",
-                    include_str!("../lua/failover.lua"),
-                    include_str!("../lua/confirm.lua")
-                ),
+                script: redis::Script::new(&confirm_source()),
+                source: confirm_source(),
             }),
         };
         let store = RedisStore {
@@ -366,19 +364,36 @@ impl RedisStore {
         let Some(confirm) = &self.confirm else {
             return Ok(());
         };
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(&confirm.script)
-            .arg(1)
-            .arg(stats)
-            .arg(server);
-        pipe.cmd("WAIT")
-            .arg(confirm.replicas)
-            .arg(u64::try_from(confirm.within.as_millis()).unwrap_or(u64::MAX));
+        let pipeline = |by_text: bool| {
+            let mut pipe = redis::pipe();
+            if by_text {
+                pipe.cmd("EVAL").arg(&confirm.source);
+            } else {
+                pipe.cmd("EVALSHA").arg(confirm.script.get_hash());
+            }
+            pipe.arg(1).arg(stats).arg(server);
+            pipe.cmd("WAIT")
+                .arg(confirm.replicas)
+                .arg(u64::try_from(confirm.within.as_millis()).unwrap_or(u64::MAX));
+            pipe
+        };
         let mut conn = confirm.lanes.conn();
         let bound = confirm.within + self.connector.timeout();
         let started = Instant::now();
-        let answer = tokio::time::timeout(bound, conn.one_node_pipeline(stats, &pipe)).await;
+        let answer = tokio::time::timeout(bound, async {
+            let replies = conn
+                .one_node_pipeline(stats, &pipeline(false), bound)
+                .await?;
+            match replies.first() {
+                Some(Value::ServerError(err))
+                    if err.kind() == Some(redis::ServerErrorKind::NoScript) =>
+                {
+                    conn.one_node_pipeline(stats, &pipeline(true), bound).await
+                }
+                _ => Ok(replies),
+            }
+        })
+        .await;
         if let Some(observe) = self.observer.get() {
             let failed = match &answer {
                 Ok(Ok(_)) => None,
@@ -941,6 +956,15 @@ fn lease_reply(
         other => Err(unexpected(script, other)),
     };
     (result, reply.effects)
+}
+
+/// confirm.lua with the server check it calls.
+fn confirm_source() -> String {
+    format!(
+        "{}\n{}",
+        include_str!("../lua/failover.lua"),
+        include_str!("../lua/confirm.lua")
+    )
 }
 
 /// The `run_id` and `master_replid` lines of an INFO reply: one server's

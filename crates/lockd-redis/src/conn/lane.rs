@@ -58,10 +58,15 @@ impl Lane {
     /// serves `routing_key` (on Cluster, that slot's primary; redis-rs would
     /// split a pipeline with keyless commands across nodes), and returns its
     /// replies. A retry after a dropped connection resends all of it.
+    ///
+    /// `response_timeout` replaces the lanes' bound for this call, for a
+    /// pipeline that blocks on purpose (WAIT). On Cluster, whose connections
+    /// have no response timeout, the caller bounds it.
     pub async fn one_node_pipeline(
         &mut self,
         routing_key: &str,
         pipeline: &Pipeline,
+        response_timeout: Duration,
     ) -> RedisResult<Vec<Value>> {
         let count = pipeline.cmd_iter().count();
         match &mut self.kind {
@@ -75,7 +80,16 @@ impl Lane {
                 )
                 .await
             }
-            LaneKind::Node { .. } => self.req_packed_commands(pipeline, 0, count).await,
+            LaneKind::Node { slot } => {
+                let current = slot.current().await?;
+                let mut conn = current.conn.clone();
+                conn.set_response_timeout(response_timeout);
+                let result = conn.req_packed_commands(pipeline, 0, count).await;
+                if let Err(err) = &result {
+                    slot.check(current.generation, err);
+                }
+                result
+            }
         }
     }
 }
