@@ -137,7 +137,7 @@ done
 # NetworkPolicies, configured with lockd's keyspace notifications
 # (NOTIFY_FLAGS in crates/lockd-redis/src/flags.rs), appendonly and noeviction;
 # for Sentinel, the master name, quorum, replica counts and
-# --min-replicas-ack agree.
+# --min-replicas-ack agree, and repl-backlog-ttl is 0.
 for d in "${deployments[@]}"; do
     name="${d//\//-}"
     [[ -s "$tmp/$name.yaml" ]] || continue

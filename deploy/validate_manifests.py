@@ -508,6 +508,9 @@ def crossref(rendered, dockerfile, flags_rs):
                 to_write = conf_value(conf, "min-replicas-to-write")
                 if not to_write or not 1 <= int(to_write[0]) <= replicas:
                     errors.append(f"{where}: min-replicas-to-write is not between 1 and the {replicas} replicas")
+                # A freed backlog changes master_replid: a needless quarantine.
+                if conf_value(conf, "repl-backlog-ttl") != ["0"]:
+                    errors.append(f"{where}: repl-backlog-ttl is not 0 (a freed backlog starts a needless quarantine)")
             ack = env_value(lockd, "lockd", "LOCKD_MIN_REPLICAS_ACK")
             if ack is not None and not 1 <= int(ack) <= replicas:
                 errors.append(f"LOCKD_MIN_REPLICAS_ACK {ack} is not between 1 and the {replicas} replicas")

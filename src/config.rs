@@ -335,6 +335,13 @@ impl Config {
                 "must be above 0: every Redis call would time out",
             ));
         }
+        if self.quarantine() > MAX_QUARANTINE {
+            return Err(bad_flag(
+                "failover-quarantine",
+                show(self.quarantine()),
+                "must be at most 30 days: the scripts keep its end in milliseconds",
+            ));
+        }
         if self.replicas_ack() > 0 && self.replicas_timeout().as_millis() == 0 {
             return Err(bad_flag(
                 "min-replicas-timeout",
@@ -343,6 +350,18 @@ impl Config {
             ));
         }
         let quarter = self.waiter_liveness / 4;
+        if self.replicas_ack() > 0 && self.replicas_timeout() > quarter {
+            return Err(conflict(
+                ("min-replicas-timeout", self.replicas_timeout()),
+                ("waiter-liveness", self.waiter_liveness),
+                format!(
+                    "must be at most a quarter of the liveness ({}): a sync that hands over a \
+                     grant waits for its confirmation, and must leave time for the next sync \
+                     before the queue entries lapse",
+                    show(quarter)
+                ),
+            ));
+        }
         if self.redis_timeout > quarter {
             return Err(conflict(
                 ("redis-timeout", self.redis_timeout),
@@ -367,7 +386,13 @@ impl Config {
     /// names replicas (Sentinel, Cluster).
     pub fn replicas_ack(&self) -> usize {
         self.min_replicas_ack.unwrap_or_else(|| {
-            let scheme = self.redis_url.split("://").next().unwrap_or_default();
+            // URL schemes are case-insensitive: REDIS+SENTINEL:// is Sentinel too.
+            let scheme = self
+                .redis_url
+                .split("://")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             usize::from(scheme.ends_with("+sentinel") || scheme.ends_with("+cluster"))
         })
     }
@@ -390,6 +415,9 @@ impl Config {
         }
     }
 }
+
+/// Longest --failover-quarantine: far below what the scripts' numbers hold.
+const MAX_QUARANTINE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn from_matches(command: &mut Command, matches: &ArgMatches) -> Result<Config, clap::Error> {
     Config::from_arg_matches(matches).map_err(|err| err.format(command))

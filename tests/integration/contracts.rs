@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockd::pb;
-use lockd_core::{AcquireOutcome, AcquireSpec, Caller, LeaveOutcome, LockMode};
+use lockd_core::{AcquireOutcome, AcquireSpec, Caller, LeaveOutcome, LockError, LockMode};
 use lockd_redis::keys::Namespace;
 use lockd_redis::{RedisOptions, RedisStore};
 use tonic::Code;
@@ -611,4 +611,79 @@ async fn a_ttl_under_the_floor_is_refused_naming_the_field() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("ttl_ms"), "{err:?}");
+}
+
+/// redis-rs' Cluster client resends a command whose connection dropped, even
+/// one that ran: the same acquire run twice answers as its first run did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_acquire_run_twice_answers_as_the_first_run() {
+    let server = RedisServer::start();
+    let store = store(&server, &unique("rerun")).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    let held = secret();
+    let (first, _) = store.acquire(&exclusive("r", "a", 0), &held, &me, 0).await;
+    let (again, _) = store.acquire(&exclusive("r", "a", 0), &held, &me, 0).await;
+    match (first, again) {
+        (Ok(AcquireOutcome::Granted(one)), Ok(AcquireOutcome::Granted(two))) => {
+            assert_eq!(one.fencing_token, two.fencing_token, "one lease, not two");
+        }
+        other => panic!("{other:?}"),
+    }
+    let waiting = secret();
+    let (first, _) = store
+        .acquire(&exclusive("r", "b", 60_000), &waiting, &me, 0)
+        .await;
+    let (again, _) = store
+        .acquire(&exclusive("r", "b", 60_000), &waiting, &me, 0)
+        .await;
+    assert!(
+        matches!(first, Ok(AcquireOutcome::Queued { position: 0, .. })),
+        "{first:?}"
+    );
+    assert!(
+        matches!(
+            again,
+            Ok(AcquireOutcome::Queued {
+                position: 0,
+                queue_length: 1
+            })
+        ),
+        "queued once: {again:?}"
+    );
+    // Another client's request with the same secret is not mistaken for it.
+    let (other, _) = store.acquire(&exclusive("r", "c", 0), &held, &me, 0).await;
+    assert!(matches!(other, Ok(AcquireOutcome::Busy)), "{other:?}");
+}
+
+/// A node demoted under the daemon (before its lanes follow) may lack the
+/// latest grants: reads refuse there as writes do, rather than answer that a
+/// live lease does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_a_demoted_node_are_unavailable_not_empty() {
+    let server = RedisServer::start();
+    let empty = RedisServer::start();
+    let store = store(&server, &unique("demoted")).await;
+    let me = Caller {
+        daemon_id: "d",
+        liveness_ms: 60_000,
+    };
+    let (held, _) = store
+        .acquire(&exclusive("r", "a", 0), &secret(), &me, 0)
+        .await;
+    let Ok(AcquireOutcome::Granted(lease)) = held else {
+        panic!("{held:?}");
+    };
+    let lock = lockd_core::LockId::parse(&lease.lock_id).unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(empty.port)
+        .query(&mut server.connection())
+        .unwrap();
+    let read = store.get(&lock).await;
+    assert!(matches!(read, Err(LockError::Unavailable(_))), "{read:?}");
+    let view = store.queue("r").await;
+    assert!(matches!(view, Err(LockError::Unavailable(_))), "{view:?}");
 }

@@ -138,8 +138,8 @@ async fn quarantine_zero_grants_at_once_after_a_restart_and_tokens_still_rise() 
 }
 
 /// A primary with one replica, and a daemon that needs it to confirm grants
-/// within 300 ms.
-async fn replicated() -> (RedisServer, RedisServer, Daemon, String) {
+/// within a second (a loaded test machine may starve the replica for a while).
+async fn replicated(extra: &[&str]) -> (RedisServer, RedisServer, Daemon, String) {
     let primary = RedisServer::start();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let synced = eventually(Duration::from_secs(10), || async {
@@ -152,23 +152,25 @@ async fn replicated() -> (RedisServer, RedisServer, Daemon, String) {
     .await;
     assert!(synced, "the replica did not sync");
     let prefix = unique("acked");
-    let daemon = Daemon::start(&[
+    let url = primary.url();
+    let mut args = vec![
         "--redis-url",
-        &primary.url(),
+        &url,
         "--key-prefix",
         &prefix,
         "--min-replicas-ack",
         "1",
         "--min-replicas-timeout",
-        "300ms",
-    ])
-    .await;
+        "1s",
+    ];
+    args.extend(extra);
+    let daemon = Daemon::start(&args).await;
     (primary, replica, daemon, prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_wait_for_a_replica_and_an_unconfirmed_grant_is_released() {
-    let (_primary, replica, daemon, _) = replicated().await;
+    let (_primary, replica, daemon, _) = replicated(&[]).await;
     let mut c = daemon.client().await;
     let held = acquire(&mut c, req("held", "a")).await;
 
@@ -215,4 +217,74 @@ async fn grants_wait_for_a_replica_and_an_unconfirmed_grant_is_released() {
         .await;
         assert!(free, "the unconfirmed grant of {resource} was released");
     }
+}
+
+/// A lift of the token offset, as the bucket pass makes it on a bucket whose
+/// recorded server is not this one: the tokens that follow must clear what a
+/// lost server that took over from the same state (and lifted, and granted)
+/// could have handed out before now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_lift_clears_a_lost_one_made_from_the_same_state() {
+    use lockd_redis::{RedisOptions, RedisStore};
+    let server = RedisServer::start();
+    let prefix = unique("lift");
+    let store = RedisStore::connect(&RedisOptions::new(server.url(), prefix.as_str()))
+        .await
+        .unwrap();
+    let stats = store.namespace().stats(7);
+    let mut conn = server.connection();
+    let clock = |conn: &mut redis::Connection| -> u64 {
+        let time: Vec<u64> = redis::cmd("TIME").query(conn).unwrap();
+        time[0] * 1_000_000 + time[1]
+    };
+    let now_us = clock(&mut conn);
+    let hour = 3_600_000_000u64;
+    // Two earlier failovers left an offset of two hours; the last grant was
+    // 10 s ago. A server that took over from this state (and was lost)
+    // lifted the offset by an hour and granted until a second ago.
+    let offset = 2 * hour;
+    let floor = now_us + offset - 10_000_000;
+    let lost_server_last_token = now_us - 1_000_000 + offset + hour;
+    let _: () = redis::cmd("HSET")
+        .arg(&stats)
+        .arg("n")
+        .arg("a-lost-server/replid")
+        .arg("f")
+        .arg(floor)
+        .arg("o")
+        .arg(offset)
+        .query(&mut conn)
+        .unwrap();
+    assert!(store.check_buckets().await.unwrap() >= 1);
+    let (floor, offset): (u64, u64) = redis::cmd("HMGET")
+        .arg(&stats)
+        .arg("f")
+        .arg("o")
+        .query(&mut conn)
+        .unwrap();
+    let next_token = (floor + 1).max(clock(&mut conn) + offset);
+    assert!(
+        next_token > lost_server_last_token,
+        "the next token {next_token} is not above the lost server's {lost_server_last_token}"
+    );
+    assert_eq!(offset, 3 * hour, "one hour per change of server");
+}
+
+/// A confirmation waits --min-replicas-timeout, even when that is longer
+/// than the bound on every other Redis call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_waits_longer_than_the_redis_timeout() {
+    let (_primary, replica, daemon, _) = replicated(&["--redis-timeout", "200ms"]).await;
+    let mut c = daemon.client().await;
+    replica.pause();
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replica.resume();
+    };
+    let (reply, ()) = tokio::join!(c.acquire(req("slow", "a").wait(0)), resume);
+    let lease = reply
+        .expect("confirmed once the replica is back")
+        .into_inner()
+        .lease;
+    assert!(lease.is_some());
 }

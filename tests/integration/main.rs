@@ -9,6 +9,7 @@ mod config_file;
 mod contracts;
 mod failover;
 mod failures;
+mod ha;
 mod http;
 mod lock_ids;
 mod logging;

@@ -123,12 +123,13 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    /// Starts renewing `lease`, obtained at `received` (local time).
+    /// Starts renewing `lease`, whose time counts from `base` (local time):
+    /// the sending of the request that got it, when that is known.
     pub(crate) fn start(
         client: Client,
         client_id: String,
         lease: Lease,
-        received: std::time::Instant,
+        base: std::time::Instant,
     ) -> LockGuard {
         let lock_id = lease.lock_id.clone();
         let fencing_token = lease.fencing_token;
@@ -141,7 +142,7 @@ impl LockGuard {
                 async move { client::renew(rpc, &lock_id, &client_id, None).await }
             }
         };
-        let renewer = tokio::spawn(renew_loop(renew, tx, Instant::from_std(received)));
+        let renewer = tokio::spawn(renew_loop(renew, tx, Instant::from_std(base)));
         LockGuard {
             client,
             client_id,

@@ -109,9 +109,13 @@ impl LockBuilder {
         } = self;
         let client_id = request.client_id.clone();
         let mut retry = Retry::start(&request);
-        let lease = loop {
+        let (lease, sent) = loop {
+            // The lease's time counts from the sending of the request that
+            // got it, no later than the grant: the answer may come long after
+            // (replicas confirming it, a slow network).
+            let sent = Instant::now();
             match client.raw().acquire(request.clone()).await {
-                Ok(resp) => break resp.into_inner().lease,
+                Ok(resp) => break (resp.into_inner().lease, sent),
                 Err(status) => {
                     let err = Error::from(status);
                     if !retry.again(&err, &mut request).await {
@@ -120,13 +124,7 @@ impl LockBuilder {
                 }
             }
         };
-        let received = Instant::now();
-        Ok(LockGuard::start(
-            client,
-            client_id,
-            lease_of(lease)?,
-            received,
-        ))
+        Ok(LockGuard::start(client, client_id, lease_of(lease)?, sent))
     }
 
     /// Takes the lock through `WaitQueue`, which reports the place in line.
@@ -304,6 +302,8 @@ impl QueueState {
                     QueueState::Open(client, request, retry, events),
                 ),
                 pb::wait_event::Event::Granted(g) => {
+                    // When in the wait the grant came is not known here; the
+                    // lease's expires_at on this machine's clock bounds it too.
                     let received = Instant::now();
                     let client_id = request.client_id;
                     let event = lease_of(g.lease).map(|lease| {

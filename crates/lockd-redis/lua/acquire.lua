@@ -16,6 +16,20 @@ if cancelled_at then
   end
 end
 promote()
+-- The same request run again (redis-rs' Cluster client resends a command
+-- whose connection dropped, even one that ran) answers as its first run did.
+if nholders > 0 then
+  local h = live_holder(secret)
+  if h and h.client == client then
+    return finish(me, 'granted', fmt_holder(h))
+  end
+end
+if qlen > 0 then
+  local rank = redis.call('ZRANK', Q, secret)
+  if rank then
+    return finish(me, 'queued', { rank, qlen })
+  end
+end
 -- Granted at once only when nobody is queued ahead: no barging.
 local free = qlen == 0 and admits(mode)
 if free and not quarantined then

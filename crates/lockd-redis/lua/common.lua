@@ -15,8 +15,9 @@
 --   G  inbox: secret -> daemon id, grants not yet taken over by that daemon
 --   K  cancelled: zset of secrets whose leave ran before their acquire (outcome
 --      unknown), scored by when; honoured for CANCEL_KEEP_MS
---   S  the bucket's statistics counters, fencing-token floor (field f), and the
---      server that last wrote it and its quarantine (fields n, q: failover.lua)
+--   S  the bucket's statistics counters, fencing-token floor and offset (fields
+--      f, o), and the server that last wrote it and its quarantine (fields n,
+--      q: failover.lua)
 --   T  the bucket's grants per resource
 --   U  the bucket's due index: resource -> when it next needs a sweep (ms)
 --   E  holders by when their leases end (ms): the only view of every holder a
@@ -55,7 +56,7 @@ local now = math.floor(now_us / 1000)
 -- A bucket the previous server may have lost writes of grants nothing until
 -- its quarantine ends; the token floor only grows and never expires, so
 -- tokens increase whatever the clock does.
-local quarantine_end, floor = check_server(S, now, now_us, QUARANTINE_MS, KNOWN)
+local quarantine_end, floor, token_offset, _, server = check_server(S, now, now_us, QUARANTINE_MS, KNOWN)
 local quarantined = now < quarantine_end
 local floor_moved = false
 
@@ -209,7 +210,7 @@ local function end_hold(secret, how, held_ms)
 end
 
 local function next_token()
-  floor = math.max(floor + 1, now_us)
+  floor = math.max(floor + 1, now_us + token_offset)
   floor_moved = true
   return floor
 end
@@ -383,7 +384,8 @@ end
 
 -- Grants the next in line, hands the caller its grants, writes the counters
 -- and the due index, and builds the reply:
--- {status, payload, my grants (secret, record, ...), ms to the earliest expiry or -1, events, queue length}.
+-- {status, payload, my grants (secret, record, ...), ms to the earliest expiry or -1, events, queue
+-- length, the server (for a confirmation: confirm.lua)}.
 local function finish(me, status, payload)
   promote()
   local mine, others = {}, 0
@@ -450,5 +452,5 @@ local function finish(me, status, payload)
       redis.call('ZREMRANGEBYRANK', T, 0, -(TOP_KEEP + 1))
     end
   end
-  return { status, payload or '', mine, next_exp, events, qlen }
+  return { status, payload or '', mine, next_exp, events, qlen, server }
 end

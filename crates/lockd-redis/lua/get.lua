@@ -1,5 +1,9 @@
 #!lua flags=no-writes
 -- get.lua: a live lease's record, or nothing. KEYS: holders. ARGV: secret
+local refused = refuse_unless_primary()
+if refused then
+  return refused
+end
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then
   return false

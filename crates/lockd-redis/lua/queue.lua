@@ -3,6 +3,10 @@
 -- ARGV[1] of each, looking at no more than ARGV[2] queue entries.
 -- KEYS: holders, queue, waiters, daemons, expiries.
 -- Reply: {now_ms, {holder records}, {waiter records}}
+local refused = refuse_unless_primary()
+if refused then
+  return refused
+end
 local H, Q, W, D, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local limit, scan = tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')

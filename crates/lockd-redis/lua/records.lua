@@ -40,3 +40,13 @@ local function holder_expiry(v)
   local acq, held = string.match(v, '^%d|%d+|(%d+)|(%d+)|')
   return tonumber(acq) + tonumber(held)
 end
+
+-- Reads answer from the primary only, like writes: a node demoted since (a
+-- failover the daemon has not followed yet) may lack the latest grants. The
+-- READONLY code makes the daemon replace the connection and answer UNAVAILABLE.
+local function refuse_unless_primary()
+  if not string.find(redis.call('INFO', 'replication'), 'role:master', 1, true) then
+    return redis.error_reply('READONLY lockd reads lock state from the primary only')
+  end
+  return nil
+end

@@ -500,7 +500,10 @@ impl Inner {
         Ok(conn)
     }
 
-    /// Runs `call` on every subscription connection at once; the first error wins.
+    /// Runs `call` on every subscription connection at once. It fails only
+    /// if every connection failed: with one Cluster node down, a watch still
+    /// holds on the others (and is recorded, so that it is undone later);
+    /// the silent node's events are missed, as hints may be.
     async fn on_every_subscriber<F, Fut>(&self, call: F) -> Result<(), StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -525,10 +528,24 @@ impl Inner {
                 }
             }
         });
+        let mut first_error = None;
+        let mut succeeded = false;
         for result in futures::future::join_all(calls).await {
-            result?;
+            match result {
+                Ok(()) => succeeded = true,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
         }
-        Ok(())
+        match first_error {
+            Some(err) if !succeeded => Err(err),
+            Some(err) => {
+                tracing::debug!(error = %err, "a subscription connection failed; the others hold");
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The server's `run_id`, or `None` where INFO is refused.

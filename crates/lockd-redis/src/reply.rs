@@ -14,6 +14,9 @@ pub(crate) struct ScriptReply {
     /// Set when the reply grants or renews something fewer replicas than
     /// required confirmed: why, for the client's UNAVAILABLE.
     pub unconfirmed: Option<String>,
+    /// The server the script ran on (run_id/master_replid), which a
+    /// confirmation checks it still talks to.
+    pub server: String,
 }
 
 fn bad(what: impl Into<String>) -> StoreError {
@@ -155,6 +158,7 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
     let next_expiry = int(&next()?)?;
     let events = array(next()?)?;
     let queue_length = int(&next()?)?.max(0) as u64;
+    let server = text(&next()?)?;
     let mut effects = Effects {
         next_expiry_in_ms: u64::try_from(next_expiry).ok(),
         ..Effects::default()
@@ -169,6 +173,7 @@ pub(crate) fn script_reply(v: Value, resource: &str) -> Result<ScriptReply, Stor
         effects,
         queue_length,
         unconfirmed: None,
+        server,
     })
 }
 

@@ -56,7 +56,7 @@ fn parse_error(err: impl std::fmt::Display) -> StoreError {
 /// Adds one bucket's fields, as common.lua writes them: `g<mode code>`
 /// (grants), `r<code>`, `x<code>`, `a<code>` (holds released, expired and
 /// abandoned), `hm` (their summed hold time) and `w` (waiting); `f` (the
-/// token floor) and `q` (the quarantine's end) are not counters. Live leases are grants less ended holds.
+/// token floor) and `q`, `o` (the quarantine's end, the token offset) are not counters. Live leases are grants less ended holds.
 fn add_bucket(totals: &mut StatsDelta, fields: Counters) {
     for (field, n) in fields {
         let unsigned = n.max(0) as u64;

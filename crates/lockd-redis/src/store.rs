@@ -105,12 +105,20 @@ const REAP_CONCURRENCY: usize = 16;
 /// How long a daemon keeps the reaper's turn without renewing it; a dead
 /// reaper's turn passes to another daemon after this.
 const REAPER_CLAIM_MS: u64 = 3_000;
+/// Connections replica confirmations wait on.
+const CONFIRM_CONNECTIONS: usize = 2;
 
-/// Replicas that must confirm a grant before it is answered.
-#[derive(Debug, Clone, Copy)]
+/// Replicas that must confirm a grant before it is answered, and the
+/// connections confirmations wait on: a WAIT blocks its connection, so it
+/// must not hold up the lanes (their calls, the health ping) while replicas lag.
 struct Confirm {
     replicas: usize,
     within: Duration,
+    lanes: Lanes,
+    /// confirm.lua with the server check it needs. A pipeline does not load
+    /// scripts: it runs by SHA, and by its text on a server that lacks it.
+    script: redis::Script,
+    source: String,
 }
 
 /// Lock state in Redis.
@@ -128,7 +136,7 @@ pub struct RedisStore {
     address: String,
     /// Every bucket's server was recorded by this store's first bucket pass:
     /// from then on a bucket without a record has lost its data.
-    known: AtomicBool,
+    known: Vec<AtomicBool>,
     confirm: Option<Confirm>,
     /// The run_ids of the primaries the lanes reach, as last read.
     servers: std::sync::Mutex<Vec<String>>,
@@ -142,6 +150,16 @@ impl RedisStore {
         let ns = Namespace::new(&options.key_prefix, connector.db());
         check_layout(&ns, &lanes).await?;
         check_eviction(&lanes).await?;
+        let confirm = match options.min_replicas_ack {
+            0 => None,
+            replicas => Some(Confirm {
+                replicas,
+                within: options.replicas_timeout,
+                lanes: connector.lanes(CONFIRM_CONNECTIONS).await?,
+                script: redis::Script::new(&confirm_source()),
+                source: confirm_source(),
+            }),
+        };
         let store = RedisStore {
             lanes,
             scripts: Scripts::new(options.failover_quarantine),
@@ -152,11 +170,8 @@ impl RedisStore {
             connector,
             observer: OnceLock::new(),
             address: crate::conn::redacted_url(&options.url),
-            known: AtomicBool::new(false),
-            confirm: (options.min_replicas_ack > 0).then_some(Confirm {
-                replicas: options.min_replicas_ack,
-                within: options.replicas_timeout,
-            }),
+            known: (0..BUCKETS).map(|_| AtomicBool::new(false)).collect(),
+            confirm,
             servers: std::sync::Mutex::new(Vec::new()),
         };
         store.servers_changed().await?;
@@ -164,13 +179,15 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Reads the run_id of every primary the lanes reach (one, or each
-    /// Cluster primary) and says whether the set changed since last read.
+    /// Reads the run_id and replication id of every primary the lanes reach
+    /// (one, or each Cluster primary) and says whether the set changed since
+    /// last read.
     async fn servers_changed(&self) -> Result<bool, StoreError> {
         let info: Value = self
             .bounded(
                 redis::cmd("INFO")
                     .arg("server")
+                    .arg("replication")
                     .query_async(&mut self.conn()),
             )
             .await?;
@@ -191,53 +208,64 @@ impl RedisStore {
     /// recorded. Returns how many buckets it found changed. The lock scripts
     /// make the same check themselves; this pass only makes a failover's
     /// quarantine start when it is noticed rather than when a bucket is next used.
+    ///
+    /// Buckets are passed one call each, so that a Cluster shard that does
+    /// not answer fails only its own buckets: they stay unrecorded, and the
+    /// pass fails only when every bucket failed; after a partial failure the
+    /// reaper's next pass runs it again.
     pub async fn check_buckets(&self) -> Result<usize, StoreError> {
-        let known = self.known.load(Ordering::Relaxed);
-        let mut pipe = redis::pipe();
-        for bucket in 0..BUCKETS {
-            let stats = self.ns.stats(bucket);
-            let call = self.scripts.bucket_call(&stats, known);
-            pipe.invoke_script(&call);
-        }
         let started = Instant::now();
-        let mut conn = self.conn();
-        // A pipeline of EVALSHA does not load scripts: load it first.
-        let loaded: Result<String, StoreError> = self
-            .bounded(
-                self.scripts
-                    .bucket
-                    .script
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await;
-        let result: Result<Vec<(i64, i64)>, StoreError> = match loaded {
-            Ok(_) => self.bounded(pipe.query_async(&mut conn)).await,
-            Err(err) => Err(err),
-        };
-        let result = result.map_err(|err| match err {
-            StoreError::Redis(err) => StoreError::from_script("bucket", err),
-            other => other,
+        let passes = (0..BUCKETS).map(|bucket| async move {
+            let stats = self.ns.stats(bucket);
+            let known = self.known[usize::from(bucket)].load(Ordering::Relaxed);
+            let call = self.scripts.bucket_call(&stats, known);
+            let result: Result<(i64, i64), StoreError> =
+                match self.bounded(call.invoke_async(&mut self.conn())).await {
+                    Err(StoreError::Redis(err)) => Err(StoreError::from_script("bucket", err)),
+                    other => other,
+                };
+            (bucket, result)
         });
-        if let Some(observe) = self.observer.get() {
-            observe(
-                "bucket",
-                started.elapsed(),
-                result.as_ref().err().map(error_kind),
-            );
+        let results = futures::future::join_all(passes).await;
+        let (mut changed, mut longest, mut failed) = (0, 0, None);
+        for (bucket, result) in results {
+            match result {
+                Ok((found, left)) => {
+                    self.known[usize::from(bucket)].store(true, Ordering::Relaxed);
+                    if found == 1 {
+                        changed += 1;
+                        longest = longest.max(left);
+                    }
+                }
+                Err(err) => {
+                    failed.get_or_insert((0, err)).0 += 1;
+                }
+            }
         }
-        let replies = result?;
-        self.known.store(true, Ordering::Relaxed);
-        let changed = replies.iter().filter(|(changed, _)| *changed == 1).count();
+        if let Some(observe) = self.observer.get() {
+            let kind = failed.as_ref().map(|(_, err)| error_kind(err));
+            observe("bucket", started.elapsed(), kind);
+        }
         if changed > 0 {
-            let longest = replies.iter().map(|(_, left)| *left).max().unwrap_or(0);
             tracing::warn!(
                 buckets = changed,
                 quarantine_ms = longest,
                 "the redis server changed since it last held lock state (a failover or a restart that may have lost writes): no new grants in those buckets until their quarantine ends"
             );
         }
-        Ok(changed)
+        match failed {
+            Some((count, err)) if usize::from(BUCKETS) == count => Err(err),
+            Some((count, err)) => {
+                tracing::warn!(buckets = count, error = %err, "the bucket pass failed on some buckets; the reaper runs it again");
+                // Forget the servers read, so the reaper's next pass runs this again.
+                self.servers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                Ok(changed)
+            }
+            None => Ok(changed),
+        }
     }
 
     /// Sets the [`Observer`] of script calls; only the first one set counts.
@@ -305,7 +333,7 @@ impl RedisStore {
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<ScriptReply, StoreError> {
         let keys = self.ns.resource(resource);
-        let known = self.known.load(Ordering::Relaxed);
+        let known = self.known[usize::from(crate::keys::bucket(resource))].load(Ordering::Relaxed);
         let mut invocation = self.scripts.resource_call(named, resource, &keys, known);
         args(&mut invocation);
         let value = self.run(named, &invocation, &mut conn).await?;
@@ -317,7 +345,7 @@ impl RedisStore {
             (named.name, reply.status.as_str()),
             ("acquire", "granted") | ("renew", "ok")
         ) || !reply.effects.my_grants.is_empty();
-        if grants && let Err(why) = self.confirmed(&mut conn, &keys.stats).await {
+        if grants && let Err(why) = self.confirmed(&keys.stats, &reply.server).await {
             let secrets = reply.effects.my_grants.drain(..).map(|(secret, _)| secret);
             reply.effects.unconfirmed_grants.extend(secrets);
             reply.unconfirmed = Some(why);
@@ -325,32 +353,82 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// Waits until enough replicas have every write this lane sent so far
-    /// (`WAIT` counts the writes of the connection it runs on, so it covers
-    /// the script just answered on `conn`, and the grants of other daemons
-    /// that script took over, which the replication stream carries before
-    /// it). `Err` says why not, for the client.
-    async fn confirmed(&self, conn: &mut Lane, routing_key: &str) -> Result<(), String> {
-        let Some(confirm) = self.confirm else {
+    /// Waits until enough replicas have what `server` (the server a script
+    /// just ran on) wrote up to now in the bucket whose statistics hash is
+    /// `stats`: the grants of that script and those of other daemons it took
+    /// over, which the replication stream carries before. `WAIT` counts the
+    /// writes of the connection it runs on, so it goes with confirm.lua's
+    /// write, checked to be on that same server, in one pipeline on one
+    /// connection. `Err` says why not, for the client.
+    async fn confirmed(&self, stats: &str, server: &str) -> Result<(), String> {
+        let Some(confirm) = &self.confirm else {
             return Ok(());
         };
-        match wait_replicas(
-            conn,
-            routing_key,
-            confirm.replicas,
-            confirm.within,
-            self.connector.timeout(),
-        )
-        .await
-        {
-            Ok(acked) if acked >= confirm.replicas => Ok(()),
-            Ok(acked) => Err(format!(
+        let pipeline = |by_text: bool| {
+            let mut pipe = redis::pipe();
+            if by_text {
+                pipe.cmd("EVAL").arg(&confirm.source);
+            } else {
+                pipe.cmd("EVALSHA").arg(confirm.script.get_hash());
+            }
+            pipe.arg(1).arg(stats).arg(server);
+            pipe.cmd("WAIT")
+                .arg(confirm.replicas)
+                .arg(u64::try_from(confirm.within.as_millis()).unwrap_or(u64::MAX));
+            pipe
+        };
+        let mut conn = confirm.lanes.conn();
+        let bound = confirm.within + self.connector.timeout();
+        let started = Instant::now();
+        let answer = tokio::time::timeout(bound, async {
+            let replies = conn
+                .one_node_pipeline(stats, &pipeline(false), bound)
+                .await?;
+            match replies.first() {
+                Some(Value::ServerError(err))
+                    if err.kind() == Some(redis::ServerErrorKind::NoScript) =>
+                {
+                    conn.one_node_pipeline(stats, &pipeline(true), bound).await
+                }
+                _ => Ok(replies),
+            }
+        })
+        .await;
+        if let Some(observe) = self.observer.get() {
+            let failed = match &answer {
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) => Some("connection"),
+                Err(_) => Some("timeout"),
+            };
+            observe("confirm", started.elapsed(), failed);
+        }
+        let replies = match answer {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(err)) => {
+                return Err(format!(
+                    "redis replicas could not confirm the write (--min-replicas-ack): {err}"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "redis replicas did not confirm the write within {bound:?} (--min-replicas-ack)"
+                ));
+            }
+        };
+        match replies.as_slice() {
+            [Value::Int(1), Value::Int(acked)] if *acked >= confirm.replicas as i64 => Ok(()),
+            [Value::Int(1), Value::Int(acked)] => Err(format!(
                 "only {acked} of the {} replicas --min-replicas-ack requires confirmed the write within {:?}; \
                  a redis failover could lose it",
                 confirm.replicas, confirm.within
             )),
-            Err(err) => Err(format!(
-                "redis replicas could not confirm the write (--min-replicas-ack): {err}"
+            [Value::Int(0), _] => Err(
+                "the redis server that made the write is no longer the one serving its resource \
+                 (a failover); the write may be lost"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unexpected answer to a replica confirmation: {other:?}"
             )),
         }
     }
@@ -450,9 +528,8 @@ impl RedisStore {
         secrets: &[String],
         caller: &Caller<'_>,
     ) -> Outcome<SyncOutcome> {
-        let mut conn = self.conn();
         let reply = self
-            .call_on(conn.clone(), &self.scripts.sync, resource, |inv| {
+            .call_on(self.conn(), &self.scripts.sync, resource, |inv| {
                 inv.arg(caller.daemon_id).arg(caller.liveness_ms);
                 for secret in secrets {
                     inv.arg(secret);
@@ -482,7 +559,18 @@ impl RedisStore {
             .is_ok_and(|states| states.contains(&WaiterState::Granted));
         if found_granted && reply.unconfirmed.is_none() && reply.effects.my_grants.is_empty() {
             let keys = self.ns.resource(resource);
-            reply.unconfirmed = self.confirmed(&mut conn, &keys.stats).await.err();
+            reply.unconfirmed = self.confirmed(&keys.stats, &reply.server).await.err();
+        }
+        // Waiters found granted whose grants are unconfirmed leave, which
+        // releases the grants.
+        if reply.unconfirmed.is_some()
+            && let Ok(states) = &states
+        {
+            for (secret, state) in secrets.iter().zip(states) {
+                if *state == WaiterState::Granted {
+                    reply.effects.unconfirmed_grants.push(secret.clone());
+                }
+            }
         }
         let result = match reply.unconfirmed {
             Some(why) if found_granted => Err(LockError::Unavailable(why)),
@@ -679,24 +767,47 @@ impl RedisStore {
             Ok(false) => {}
             Ok(true) => {
                 if let Err(err) = self.check_buckets().await {
+                    // Forget the servers read, so the next pass tries again.
+                    self.servers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clear();
                     tracing::warn!(error = %err, "checking the buckets' redis server failed");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "reading the redis servers' run_id failed"),
         }
-        let mut pipe = redis::pipe();
-        for bucket in 0..BUCKETS {
-            pipe.cmd("ZRANGE")
-                .arg(self.ns.due(bucket))
+        // One read a bucket, so that a Cluster shard that does not answer
+        // holds up only its own buckets. A multiplexed connection pipelines
+        // them all the same.
+        let reads = (0..BUCKETS).map(|bucket| async move {
+            let mut read = redis::cmd("ZRANGE");
+            read.arg(self.ns.due(bucket))
                 .arg("-inf")
                 .arg(now_ms)
                 .arg("BYSCORE")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(REAP_PER_BUCKET);
+            self.bounded(read.query_async::<Vec<String>>(&mut self.conn()))
+                .await
+        });
+        let mut found = Vec::new();
+        let mut failed = None;
+        for read in futures::future::join_all(reads).await {
+            match read {
+                Ok(resources) => found.extend(resources),
+                Err(err) => failed.get_or_insert((0, err)).0 += 1,
+            }
         }
-        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut self.conn())).await?;
-        let due = found.into_iter().flatten();
+        match failed {
+            Some((count, err)) if count == usize::from(BUCKETS) => return Err(err),
+            Some((count, err)) => {
+                tracing::warn!(buckets = count, error = %err, "reading the due resources of some buckets failed");
+            }
+            None => {}
+        }
+        let due = found.into_iter();
         // A few at a time: a backlog of due resources must not crowd out the
         // syncs that keep this daemon's own waiters alive.
         let sweeps = futures::stream::iter(due.map(|resource| async move {
@@ -847,8 +958,17 @@ fn lease_reply(
     (result, reply.effects)
 }
 
-/// The `run_id` lines of an INFO reply: one server's text, or a Cluster's
-/// map of node to text.
+/// confirm.lua with the server check it calls.
+fn confirm_source() -> String {
+    format!(
+        "{}\n{}",
+        include_str!("../lua/failover.lua"),
+        include_str!("../lua/confirm.lua")
+    )
+}
+
+/// The `run_id` and `master_replid` lines of an INFO reply: one server's
+/// text, or a Cluster's map of node to text.
 fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
     match info {
         Value::Map(nodes) => {
@@ -863,10 +983,13 @@ fn collect_run_ids(info: &Value, out: &mut Vec<String>) {
         }
         other => {
             if let Ok(text) = text(other) {
+                // A server is its run_id and its replication id, as in failover.lua.
                 out.extend(
                     text.lines()
-                        .filter_map(|line| line.strip_prefix("run_id:"))
-                        .map(|id| id.trim().to_owned()),
+                        .filter(|line| {
+                            line.starts_with("run_id:") || line.starts_with("master_replid:")
+                        })
+                        .map(|line| line.trim().to_owned()),
                 );
             }
         }
@@ -882,24 +1005,6 @@ fn quarantined(payload: &Value) -> LockError {
          (--failover-quarantine), so that a lease lost with the old server has ended; \
          retry then, or wait in line"
     ))
-}
-
-/// `WAIT replicas timeout` on `conn`: how many replicas have every write it sent.
-async fn wait_replicas(
-    conn: &mut Lane,
-    _routing_key: &str,
-    replicas: usize,
-    within: Duration,
-    timeout: Duration,
-) -> Result<usize, StoreError> {
-    let mut cmd = redis::cmd("WAIT");
-    cmd.arg(replicas)
-        .arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
-    let wait = cmd.query_async::<i64>(conn);
-    match tokio::time::timeout(within + timeout, wait).await {
-        Ok(acked) => Ok(usize::try_from(acked?).unwrap_or(0)),
-        Err(_) => Err(StoreError::Timeout(within + timeout)),
-    }
 }
 
 fn queued(payload: Value) -> Result<AcquireOutcome, StoreError> {
@@ -924,10 +1029,13 @@ mod tests {
 
     #[test]
     fn run_ids_come_from_one_server_or_every_cluster_primary() {
-        let one = Value::BulkString(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n".to_vec());
+        let one = Value::BulkString(
+            b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n# Replication\r\nmaster_replid:r1\r\nmaster_replid2:0\r\n"
+                .to_vec(),
+        );
         let mut ids = Vec::new();
         collect_run_ids(&one, &mut ids);
-        assert_eq!(ids, ["abc"]);
+        assert_eq!(ids, ["run_id:abc", "master_replid:r1"]);
 
         let node = |id: &str| Value::VerbatimString {
             format: redis::VerbatimFormat::Text,
@@ -939,6 +1047,6 @@ mod tests {
         ]);
         let mut ids = Vec::new();
         collect_run_ids(&cluster, &mut ids);
-        assert_eq!(ids, ["x", "y"]);
+        assert_eq!(ids, ["run_id:x", "run_id:y"]);
     }
 }

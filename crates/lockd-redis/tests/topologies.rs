@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lockd_core::{AcquireOutcome, AcquireSpec, Caller, Lease, LockError, LockId, LockMode};
-use lockd_redis::conn::{Connector, Lanes, Topology};
+use lockd_redis::conn::{Connector, Topology};
 use lockd_redis::{Notice, RedisOptions, RedisStore};
 use lockd_testkit::{RedisCluster, RedisServer, SentinelGroup, unique};
 use tokio::sync::mpsc;
@@ -26,6 +26,10 @@ fn options(url: &str) -> RedisOptions {
         timeout: TIMEOUT,
         list_held_index: false,
         max_ttl: Duration::from_secs(60),
+        // These tests follow connections through failovers; the quarantine
+        // after one is the daemon's tests' concern (tests/integration/ha.rs).
+        failover_quarantine: Duration::ZERO,
+        ..RedisOptions::new(url, "")
     }
 }
 
@@ -233,47 +237,25 @@ async fn a_paused_primary_gets_no_writes_once_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_replicas_counts_the_replicas_that_acknowledged() {
+async fn sentinel_grants_wait_for_a_replica_and_fail_without_one() {
     let mut group = SentinelGroup::start();
-    let lanes: Lanes = Connector::new(&group.url(), TIMEOUT)
-        .unwrap()
-        .lanes(2)
-        .await
-        .unwrap();
-    let mut lane = lanes.conn();
-    let _: () = redis::cmd("SET")
-        .arg("{k}")
-        .arg("v")
-        .query_async(&mut lane)
-        .await
-        .unwrap();
-    let acked = lane
-        .wait_replicas("{k}", 2, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(acked >= 1, "{acked} replicas acknowledged");
-    // A lane that ran nothing has no write to wait for.
-    assert!(
-        lanes
-            .conn()
-            .wait_replicas("{k}", 1, Duration::from_millis(10))
-            .await
-            .is_err()
-    );
+    let store = RedisStore::connect(&RedisOptions {
+        min_replicas_ack: 1,
+        replicas_timeout: Duration::from_millis(300),
+        ..options(&group.url())
+    })
+    .await
+    .unwrap();
+    acquire(&store, "confirmed").await.unwrap();
     for replica in group.replica_addrs() {
         group.node_mut(replica).kill();
     }
-    let _: () = redis::cmd("SET")
-        .arg("{k}")
-        .arg("w")
-        .query_async(&mut lane)
-        .await
-        .unwrap();
-    let acked = lane
-        .wait_replicas("{k}", 1, Duration::from_millis(300))
-        .await
-        .unwrap();
-    assert_eq!(acked, 0);
+    match acquire(&store, "unconfirmed").await {
+        Err(LockError::Unavailable(why)) => assert!(why.contains("--min-replicas-ack"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Waiting for absent replicas holds up the confirmations only.
+    store.ping().await.unwrap();
 }
 
 /// The resources of `names` by the primary owning their keys.
@@ -325,27 +307,21 @@ async fn cluster_runs_scripts_and_mixed_slot_pipelines_on_every_shard() {
         lease.fencing_token
     );
 
-    // WAIT goes to the primary of the key's slot only, on every shard.
-    let lanes = Connector::new(&cluster.url(), TIMEOUT)
-        .unwrap()
-        .lanes(1)
-        .await
-        .unwrap();
-    let mut lane = lanes.conn();
-    for name in by_shard(&cluster, &store, &names).await {
-        let key = store.namespace().resource(&name).holders;
-        let _: () = redis::cmd("HSET")
-            .arg(&key)
-            .arg("w")
-            .arg(1)
-            .query_async(&mut lane)
+    // Confirmations go to the primary of each resource's slot, on every shard.
+    let confirming = RedisStore::connect(&RedisOptions {
+        min_replicas_ack: 1,
+        replicas_timeout: Duration::from_secs(2),
+        ..options(&cluster.url())
+    })
+    .await
+    .unwrap();
+    let fresh: Vec<String> = (0..24).map(|i| format!("confirmed-{i}")).collect();
+    let one_per_shard = by_shard(&cluster, &confirming, &fresh).await;
+    assert_eq!(one_per_shard.len(), 3);
+    for name in one_per_shard {
+        acquire(&confirming, &name)
             .await
-            .unwrap();
-        let acked = lane
-            .wait_replicas(&key, 1, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(acked, 1, "shard of {name}");
+            .unwrap_or_else(|err| panic!("shard of {name}: {err:?}"));
     }
 }
 

@@ -128,6 +128,16 @@ impl RedisCluster {
         primary
     }
 
+    /// Starts the killed node at `addr` again with its data folder; it
+    /// rejoins the cluster (as a replica, once another node took its slots).
+    pub fn restart_node(&mut self, addr: SocketAddr) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
+            .restart();
+    }
+
     /// Waits until every live node sees a primary other than `old` serving
     /// `slot` and reports the cluster ok; returns the new primary.
     pub fn wait_for_failover(&self, slot: u16, old: SocketAddr) -> SocketAddr {

@@ -32,15 +32,34 @@ impl SentinelGroup {
     /// every sentinel knows both replicas and the two other sentinels, so a
     /// failover can start right away. Panics naming what did not come up.
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with_successor_clock(None)
+    }
+
+    /// [`SentinelGroup::start`] where the first replica's wall clock runs
+    /// `offset_secs` away from the real one (libfaketime) and the second can
+    /// never be promoted (`replica-priority 0`): the primary's successor is
+    /// the replica with the shifted clock.
+    pub fn start_with_successor_offset(offset_secs: i64) -> SentinelGroup {
+        SentinelGroup::start_with_successor_clock(Some(offset_secs))
+    }
+
+    fn start_with_successor_clock(offset_secs: Option<i64>) -> SentinelGroup {
         let primary = RedisServer::start();
         let primary_port = primary.port().to_string();
+        let replica_of = ["--replicaof", "127.0.0.1", primary_port.as_str()];
         let mut nodes = vec![primary];
-        for _ in 0..2 {
-            nodes.push(RedisServer::start_with(&[
-                "--replicaof",
-                "127.0.0.1",
-                &primary_port,
-            ]));
+        match offset_secs {
+            None => {
+                for _ in 0..2 {
+                    nodes.push(RedisServer::start_with(&replica_of));
+                }
+            }
+            Some(offset) => {
+                nodes.push(RedisServer::start_with_clock_offset(offset, &replica_of));
+                let mut never = replica_of.to_vec();
+                never.extend(["--replica-priority", "0"]);
+                nodes.push(RedisServer::start_with(&never));
+            }
         }
         for replica in &nodes[1..] {
             let addr = replica.addr();

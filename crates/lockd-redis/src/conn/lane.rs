@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use deadpool_redis::{Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError,
-    RedisFuture, ServerErrorKind, Value,
+    RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::{Notify, watch};
 
@@ -28,110 +28,68 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One connection lock operations run on; cheap to clone.
-///
-/// Clones made from one [`super::Lanes::conn`] share what they last ran on,
-/// so that [`Lane::wait_replicas`] can wait on exactly that connection.
 #[derive(Clone)]
 pub struct Lane {
     kind: LaneKind,
-    /// The bound on a call, which [`Lane::wait_replicas`] adds to its own wait.
-    timeout: Duration,
 }
 
 #[derive(Clone)]
 enum LaneKind {
     /// A standalone or Sentinel-watched primary.
-    Node {
-        slot: Arc<NodeLane>,
-        pin: Arc<Mutex<Option<Pinned>>>,
-    },
+    Node { slot: Arc<NodeLane> },
     /// MOVED, ASK and reconnects are handled inside redis-rs.
     Cluster(ClusterConnection),
 }
 
-/// The connection a lane handle's commands last ran on.
-#[derive(Clone)]
-struct Pinned {
-    generation: u64,
-    conn: MultiplexedConnection,
-    /// False once two commands of the handle ran on different connections:
-    /// no one connection then carried all of the caller's writes.
-    single: bool,
-}
-
 impl Lane {
-    pub(crate) fn node(slot: Arc<NodeLane>, timeout: Duration) -> Lane {
+    pub(crate) fn node(slot: Arc<NodeLane>) -> Lane {
         Lane {
-            kind: LaneKind::Node {
-                slot,
-                pin: Arc::default(),
-            },
-            timeout,
+            kind: LaneKind::Node { slot },
         }
     }
 
-    pub(crate) fn cluster(conn: ClusterConnection, timeout: Duration) -> Lane {
+    pub(crate) fn cluster(conn: ClusterConnection) -> Lane {
         Lane {
             kind: LaneKind::Cluster(conn),
-            timeout,
         }
     }
 
-    /// Runs `WAIT replicas timeout` where the caller's previous command for
-    /// `routing_key` ran, and returns how many replicas acknowledged it.
+    /// Runs `pipeline` as one write on one connection to the node that
+    /// serves `routing_key` (on Cluster, that slot's primary; redis-rs would
+    /// split a pipeline with keyless commands across nodes), and returns its
+    /// replies. A retry after a dropped connection resends all of it.
     ///
-    /// Standalone and Sentinel: on the very connection this handle last used
-    /// (`WAIT` counts that client's writes), failing if the lane was replaced
-    /// since, since a fresh connection has written nothing to wait for. Cluster:
-    /// on the primary of `routing_key`'s slot only; redis-rs would send `WAIT`
-    /// to every primary, and one shard without replicas must not fail others.
-    pub async fn wait_replicas(
+    /// `response_timeout` replaces the lanes' bound for this call, for a
+    /// pipeline that blocks on purpose (WAIT). On Cluster, whose connections
+    /// have no response timeout, the caller bounds it.
+    pub async fn one_node_pipeline(
         &mut self,
         routing_key: &str,
-        replicas: usize,
-        timeout: Duration,
-    ) -> Result<usize, StoreError> {
-        let limit = timeout + self.timeout;
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(timeout.as_millis() as u64);
-        let call = async {
-            match &mut self.kind {
-                LaneKind::Node { slot, pin } => {
-                    let pinned = lock(pin).clone();
-                    let Some(pinned) = pinned else {
-                        return Err(not_connected("no command ran on this lane to wait for"));
-                    };
-                    if !pinned.single || !slot.is_current(pinned.generation) {
-                        return Err(not_connected(
-                            "the lane was replaced since the write: its replication is unknown",
-                        ));
-                    }
-                    let mut conn = pinned.conn;
-                    // WAIT blocks: its answer comes after `timeout`.
-                    conn.set_response_timeout(limit);
-                    let result = cmd.query_async::<Value>(&mut conn).await;
-                    if let Err(err) = &result {
-                        slot.check(pinned.generation, err);
-                    }
-                    result
-                }
-                LaneKind::Cluster(conn) => {
-                    let route = Route::with_key(routing_key.as_bytes(), SlotAddr::Master);
-                    conn.route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await
-                }
+        pipeline: &Pipeline,
+        response_timeout: Duration,
+    ) -> RedisResult<Vec<Value>> {
+        let count = pipeline.cmd_iter().count();
+        match &mut self.kind {
+            LaneKind::Cluster(conn) => {
+                let route = Route::with_key(routing_key.as_bytes(), SlotAddr::Master);
+                conn.route_pipeline(
+                    pipeline.clone(),
+                    0,
+                    count,
+                    SingleNodeRoutingInfo::SpecificNode(route),
+                )
+                .await
             }
-        };
-        let value = match tokio::time::timeout(limit, call).await {
-            Ok(result) => result?,
-            Err(_) => return Err(StoreError::Timeout(limit)),
-        };
-        match value {
-            Value::Int(n) if n >= 0 => Ok(n as usize),
-            other => Err(StoreError::Reply(format!("WAIT answered {other:?}"))),
+            LaneKind::Node { slot } => {
+                let current = slot.current().await?;
+                let mut conn = current.conn.clone();
+                conn.set_response_timeout(response_timeout);
+                let result = conn.req_packed_commands(pipeline, 0, count).await;
+                if let Err(err) = &result {
+                    slot.check(current.generation, err);
+                }
+                result
+            }
         }
     }
 }
@@ -140,8 +98,8 @@ impl ConnectionLike for Lane {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.kind {
             LaneKind::Cluster(conn) => conn.req_packed_command(cmd),
-            LaneKind::Node { slot, pin } => Box::pin(async move {
-                let mut current = slot.connection(pin).await?;
+            LaneKind::Node { slot } => Box::pin(async move {
+                let mut current = slot.current().await?;
                 let result = current.conn.req_packed_command(cmd).await;
                 if let Err(err) = &result {
                     slot.check(current.generation, err);
@@ -161,8 +119,8 @@ impl ConnectionLike for Lane {
             LaneKind::Cluster(conn) => {
                 Box::pin(super::cluster::send_pipeline(conn, cmd, offset, count))
             }
-            LaneKind::Node { slot, pin } => Box::pin(async move {
-                let mut current = slot.connection(pin).await?;
+            LaneKind::Node { slot } => Box::pin(async move {
+                let mut current = slot.current().await?;
                 let result = current.conn.req_packed_commands(cmd, offset, count).await;
                 match &result {
                     Err(err) => slot.check(current.generation, err),
@@ -413,10 +371,6 @@ pub(crate) fn io_error(message: String) -> RedisError {
     ))
 }
 
-fn not_connected(message: &str) -> RedisError {
-    io_error(message.to_owned())
-}
-
 /// Whether `err` says the connection (or its node's role) is gone for good:
 /// dropped, refused, or the node answered READONLY. A timeout does not: the
 /// node may only be slow, and Sentinel tells when it was replaced.
@@ -496,31 +450,6 @@ impl NodeLane {
     /// The address of the current connection, if the lane has one.
     pub(crate) fn addr(&self) -> Option<ConnectionAddr> {
         lock(&self.state).current.as_ref().map(|c| c.addr.clone())
-    }
-
-    fn is_current(&self, generation: u64) -> bool {
-        lock(&self.state)
-            .current
-            .as_ref()
-            .is_some_and(|c| c.generation == generation)
-    }
-
-    /// The connection to use, waiting for a replacement in progress. Notes it in `pin`.
-    async fn connection(
-        self: &Arc<Self>,
-        pin: &Mutex<Option<Pinned>>,
-    ) -> Result<Current, RedisError> {
-        let current = self.current().await?;
-        let mut pinned = lock(pin);
-        let single = pinned
-            .as_ref()
-            .is_none_or(|p| p.single && p.generation == current.generation);
-        *pinned = Some(Pinned {
-            generation: current.generation,
-            conn: current.conn.clone(),
-            single,
-        });
-        Ok(current)
     }
 
     /// The connection to use. While the lane is being replaced, the caller

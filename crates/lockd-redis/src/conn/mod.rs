@@ -294,12 +294,8 @@ impl Lanes {
     pub fn conn(&self) -> Lane {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.kind {
-            LanesKind::Nodes { lanes, .. } => {
-                Lane::node(Arc::clone(&lanes[i % lanes.len()]), self.timeout)
-            }
-            LanesKind::Cluster { conns, .. } => {
-                Lane::cluster(conns[i % conns.len()].clone(), self.timeout)
-            }
+            LanesKind::Nodes { lanes, .. } => Lane::node(Arc::clone(&lanes[i % lanes.len()])),
+            LanesKind::Cluster { conns, .. } => Lane::cluster(conns[i % conns.len()].clone()),
         }
     }
 
