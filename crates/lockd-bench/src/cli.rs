@@ -23,6 +23,10 @@ pub enum Command {
     Compare(CompareArgs),
     /// Load an existing lockd deployment at one or more gRPC addresses.
     Run(RunArgs),
+    /// kill -9 the Redis primary under lockd (Sentinel; Cluster: the primary
+    /// of a fresh resource's slot) and the leader of a three-member etcd
+    /// cluster, and time until a lock on a fresh resource is granted again.
+    Failover(FailoverArgs),
 }
 
 /// Flags shared by `compare` and `run`.
@@ -62,7 +66,9 @@ pub struct CommonArgs {
 pub struct CompareArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Systems to compare, comma-separated (default: all four).
+    /// Systems to compare, comma-separated (default: lockd-redis, lockd-dev,
+    /// redis-direct, etcd; lockd-sentinel, lockd-sentinel-noack and
+    /// lockd-cluster run only when named).
     #[arg(long = "system", value_enum, value_delimiter = ',')]
     pub systems: Vec<SystemKind>,
     /// The lockd binary (default: <workspace>/target/release/lockd, built with
@@ -86,6 +92,100 @@ pub struct RunArgs {
     /// PID of a lockd process on this machine, for RSS figures (optional).
     #[arg(long, value_name = "PID")]
     pub daemon_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// Kills per case. The cases are interleaved (the first run of every case,
+    /// then the second, ...) so that they all see the same machine state.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Write the results as JSON to FILE
+    /// (default: <workspace>/target/lockd-bench/failover.json).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Systems, comma-separated: lockd-sentinel, lockd-sentinel-noack,
+    /// lockd-cluster, etcd (default: lockd-sentinel, lockd-cluster, etcd).
+    #[arg(long = "system", value_enum, value_delimiter = ',')]
+    pub systems: Vec<SystemKind>,
+    /// lockd's --failover-quarantine, one lockd case each, comma-separated: a
+    /// duration (0: none), or `default` to leave the flag out. A duration above
+    /// 0 also sets --max-ttl and --default-ttl to it, so that a lease lost in
+    /// the failover has ended when the quarantine does.
+    #[arg(long, value_delimiter = ',', default_value = "0,default,2s",
+          value_parser = parse_quarantine, value_name = "Q,...")]
+    pub quarantine: Vec<Quarantine>,
+    /// Time between the starts of two attempts to take the fresh lock.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub retry_every: Duration,
+    /// Attempts under way at once, at most. Attempts start every --retry-every
+    /// whether or not the earlier ones have answered, so that one that hangs
+    /// does not hide the moment the system serves again; 1 gives a client that
+    /// waits for each answer before it retries.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub in_flight: u32,
+    /// Deadline of one attempt: one not answered by then is abandoned and
+    /// counted as `attempt timeout`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Duration,
+    /// lockd attempts: Acquire's wait_timeout_ms. A fresh resource has no line,
+    /// so this only bounds how long lockd may hold a request before answering.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub attempt_wait: Duration,
+    /// Copy each run's lockd log into DIR (as <case>-<run>-lockd.log) before
+    /// its scratch folder is removed.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
+    /// A run with no grant this long after the kill is given up, and reported so.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub give_up: Duration,
+    /// The lockd binary (default: <workspace>/target/release/lockd, built with
+    /// `cargo build --release -p lockd` if missing).
+    #[arg(long, env = "LOCKD_BIN", value_name = "PATH")]
+    pub lockd_bin: Option<PathBuf>,
+}
+
+/// lockd's `--failover-quarantine` in one failover case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quarantine {
+    /// The flag left out: lockd's default.
+    Default,
+    /// `--failover-quarantine D` (and, above 0, `--max-ttl D --default-ttl D`).
+    For(Duration),
+}
+
+impl Quarantine {
+    /// The flags lockd is started with.
+    pub fn lockd_args(self) -> Vec<String> {
+        match self {
+            Quarantine::Default => Vec::new(),
+            Quarantine::For(d) => {
+                let d = humantime::format_duration(d).to_string();
+                let mut args = vec!["--failover-quarantine".to_string(), d.clone()];
+                if self != Quarantine::For(Duration::ZERO) {
+                    args.extend(["--max-ttl".into(), d.clone(), "--default-ttl".into(), d]);
+                }
+                args
+            }
+        }
+    }
+
+    /// The longest lease lockd grants in this case, if capped here.
+    pub fn max_ttl(self) -> Option<Duration> {
+        match self {
+            Quarantine::For(d) if !d.is_zero() => Some(d),
+            _ => None,
+        }
+    }
+}
+
+fn parse_quarantine(s: &str) -> Result<Quarantine, String> {
+    if s.eq_ignore_ascii_case("default") {
+        return Ok(Quarantine::Default);
+    }
+    humantime::parse_duration(s)
+        .map(Quarantine::For)
+        .map_err(|e| format!("{e} (give a duration such as 0, 2s, or `default`)"))
 }
 
 /// The workloads, in the order they run.

@@ -1,12 +1,13 @@
 //! A running system under test: either started here from scratch (redis-server,
 //! etcd, one or two lockd replicas) or an existing lockd deployment.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use lockd_testkit::{RedisServer, TempDir, program, target_dir};
+use lockd_testkit::{RedisCluster, RedisServer, SentinelGroup, TempDir, program, target_dir};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -27,6 +28,71 @@ pub struct DeployOpts {
     pub lockd_bin: Option<PathBuf>,
     /// Redis-direct's pause between attempts on a busy lock.
     pub spin: Duration,
+    /// More flags for every lockd daemon (`--min-replicas-ack` is added for the
+    /// systems on replicated Redis).
+    pub lockd_args: Vec<String>,
+}
+
+/// The Redis a deployment keeps its state in. Dropping it kills its processes.
+pub enum Store {
+    Single(RedisServer),
+    Sentinel(SentinelGroup),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    /// The Redis `kind` needs, if any, started on free loopback ports.
+    pub async fn start(kind: SystemKind) -> Result<Option<Store>> {
+        Ok(Some(match kind {
+            SystemKind::LockdRedis | SystemKind::RedisDirect => {
+                Store::Single(blocking("redis-server", RedisServer::start).await?)
+            }
+            SystemKind::LockdSentinel | SystemKind::LockdSentinelNoack => {
+                Store::Sentinel(blocking("the Sentinel group", SentinelGroup::start).await?)
+            }
+            SystemKind::LockdCluster => {
+                Store::Cluster(blocking("the Redis Cluster", RedisCluster::start).await?)
+            }
+            SystemKind::LockdDev | SystemKind::Etcd => return Ok(None),
+        }))
+    }
+
+    /// What lockd's `--redis-url` is given: `redis://`, `redis+sentinel://`
+    /// with every sentinel and the master name, or `redis+cluster://` with
+    /// every node as a seed.
+    pub fn lockd_url(&self) -> String {
+        let join = |addrs: Vec<SocketAddr>| {
+            addrs
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Store::Single(server) => server.url(),
+            Store::Sentinel(group) => format!(
+                "redis+sentinel://{}/{}",
+                join(group.sentinel_addrs()),
+                SentinelGroup::MASTER_NAME
+            ),
+            Store::Cluster(cluster) => format!("redis+cluster://{}", join(cluster.addrs())),
+        }
+    }
+
+    /// A connection for INFO figures: to the server, or the Sentinel group's
+    /// current primary. None for a cluster, whose figures are spread over
+    /// three primaries (the workloads then leave them out).
+    async fn probe(&self) -> Result<Option<RedisProbe>> {
+        let url = match self {
+            Store::Single(server) => server.url(),
+            Store::Sentinel(group) => {
+                let primary = tokio::task::block_in_place(|| group.primary_addr());
+                format!("redis://{primary}")
+            }
+            Store::Cluster(_) => return Ok(None),
+        };
+        Ok(Some(RedisProbe::connect(&url).await?))
+    }
 }
 
 /// A system ready to be loaded, with what is needed to measure it.
@@ -44,7 +110,7 @@ pub struct Deployment {
     /// Children started for this deployment; stopped by [`Deployment::stop`] or on drop.
     procs: Vec<Proc>,
     /// Declared after `procs` so that lockd is stopped before its store.
-    redis_server: Option<RedisServer>,
+    store: Option<Store>,
     /// Declared after the children so that it is removed only once they are gone.
     _scratch: Option<TempDir>,
 }
@@ -57,19 +123,16 @@ impl Deployment {
         // Declared after `scratch`, so on an early return the children are
         // killed before their folder is removed.
         let mut procs = Vec::new();
-        let mut redis = None;
-        let mut redis_server = None;
-        if matches!(kind, SystemKind::LockdRedis | SystemKind::RedisDirect) {
-            let server = start_redis().await?;
-            redis = Some(RedisProbe::connect(&server.url()).await?);
-            redis_server = Some(server);
-        }
-        let redis_url = redis_server.as_ref().map(RedisServer::url);
+        let store = Store::start(kind).await?;
+        let redis = match &store {
+            Some(s) => s.probe().await?,
+            None => None,
+        };
         let (system, replicated, daemon_pid): (Arc<dyn LockSystem>, _, _) = match kind {
             SystemKind::RedisDirect => {
-                let server = redis_server
-                    .as_ref()
-                    .context("redis-server was started above")?;
+                let Some(Store::Single(server)) = &store else {
+                    bail!("redis-direct runs on one redis-server");
+                };
                 let system = RedisDirect::connect(&server.url(), opts.spin).await?;
                 (Arc::new(system), None, server.pid())
             }
@@ -83,17 +146,22 @@ impl Deployment {
                     Some(pid),
                 )
             }
-            SystemKind::LockdRedis | SystemKind::LockdDev => {
+            _ => {
                 let bin = opts.lockd_bin.as_deref().context("no lockd binary")?;
                 let replicas = if kind == SystemKind::LockdDev {
                     1
                 } else {
                     opts.replicas.max(1)
                 };
+                let url = store.as_ref().map(Store::lockd_url);
+                let mut args = opts.lockd_args.clone();
+                if let Some(n) = kind.min_replicas_ack() {
+                    args.extend(["--min-replicas-ack".into(), n.to_string()]);
+                }
                 let mut endpoints = Vec::new();
                 let mut pid = None;
                 for i in 0..replicas {
-                    let (p, addr) = start_lockd(bin, redis_url.as_deref(), &dir, i).await?;
+                    let (p, addr) = start_lockd(bin, url.as_deref(), &args, &dir, i).await?;
                     pid = pid.or(Some(p.pid()));
                     procs.push(p);
                     endpoints.push(addr);
@@ -109,7 +177,7 @@ impl Deployment {
             daemon_pid,
             redis,
             procs,
-            redis_server,
+            store,
             _scratch: Some(scratch),
         })
     }
@@ -137,7 +205,7 @@ impl Deployment {
             daemon_pid,
             redis,
             procs: Vec::new(),
-            redis_server: None,
+            store: None,
             _scratch: None,
         })
     }
@@ -155,9 +223,8 @@ impl Deployment {
         while let Some(mut p) = self.procs.pop() {
             p.stop(Duration::from_secs(3)).await;
         }
-        if let Some(mut server) = self.redis_server.take() {
-            server.kill();
-        }
+        // Dropping the store kills its processes.
+        drop(self.store.take());
     }
 }
 
@@ -178,15 +245,14 @@ async fn connect_lockd(
     Ok((first, all))
 }
 
-/// redis-server with no persistence, on a free port, in a folder of its own.
-async fn start_redis() -> Result<RedisServer> {
-    // The testkit panics with the server's log when it does not come up;
-    // here that becomes an error of the run.
-    tokio::task::spawn_blocking(RedisServer::start)
+/// Runs a testkit starter, which blocks for seconds and panics with the log of
+/// what did not come up; here that panic becomes an error of the run.
+pub async fn blocking<T: Send + 'static>(what: &str, start: fn() -> T) -> Result<T> {
+    tokio::task::spawn_blocking(start)
         .await
         .map_err(|e| match e.try_into_panic() {
-            Ok(panic) => anyhow!("redis-server did not start: {}", panic_message(&panic)),
-            Err(e) => anyhow!("redis-server did not start: {e}"),
+            Ok(panic) => anyhow!("{what} did not start: {}", panic_message(&panic)),
+            Err(e) => anyhow!("{what} did not start: {e}"),
         })
 }
 
@@ -244,10 +310,11 @@ async fn start_etcd(dir: &Path) -> Result<(Proc, String)> {
     Ok((p, client_url))
 }
 
-/// A lockd replica: on `redis_url`, or `--dev` without one.
-async fn start_lockd(
+/// A lockd replica: on `redis_url`, or `--dev` without one, with `extra` flags.
+pub async fn start_lockd(
     bin: &Path,
     redis_url: Option<&str>,
+    extra: &[String],
     dir: &Path,
     index: usize,
 ) -> Result<(Proc, String)> {
@@ -257,6 +324,7 @@ async fn start_lockd(
         Some(url) => args.extend(["--redis-url".into(), url.to_string()]),
         None => args.push("--dev".into()),
     }
+    args.extend(extra.iter().cloned());
     let mut p = Proc::spawn(&format!("lockd-{index}"), bin, &args, dir)?;
     wait_ready(&mut p, Duration::from_secs(20), || check_health(&addr)).await?;
     Ok((p, addr))
@@ -264,7 +332,7 @@ async fn start_lockd(
 
 /// SERVING from grpc.health.v1 for `lockd.v1.LockService`, or for the whole
 /// server if that service is not registered with the health service.
-async fn check_health(addr: &str) -> Result<()> {
+pub async fn check_health(addr: &str) -> Result<()> {
     let mut health = HealthClient::new(connect_channel(addr).await?);
     let status = match health
         .check(HealthCheckRequest {

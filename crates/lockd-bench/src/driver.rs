@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Compare(args) => compare(args).await,
         Command::Run(args) => run_existing(args).await,
+        Command::Failover(args) => crate::failover::run(args).await,
     }
 }
 
@@ -48,7 +49,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
         args.common.workloads.clone()
     };
     let systems = if args.systems.is_empty() {
-        SystemKind::ALL.to_vec()
+        SystemKind::DEFAULT.to_vec()
     } else {
         args.systems.clone()
     };
@@ -87,6 +88,7 @@ async fn compare(args: CompareArgs) -> Result<()> {
                     replicas: if workload == Workload::Handoff { 2 } else { 1 },
                     lockd_bin: lockd_bin.clone(),
                     spin: settings.spin,
+                    lockd_args: Vec::new(),
                 };
                 let peak = peaks.get(&kind).copied();
                 if workload == Workload::Waiters {

@@ -2,7 +2,7 @@
 //!
 //! `compare` starts every system it measures on free loopback ports, runs each
 //! workload against each system, prints a table and writes JSON; `run` loads an
-//! existing lockd deployment. Map of the modules:
+//! existing lockd deployment; `failover` times failovers. Map of the modules:
 //!
 //! - [`cli`]: flags, and the [`cli::Settings`] that `--quick` and the flags resolve to.
 //! - [`procs`]: child processes (redis-server, etcd, lockd) and their scratch folders.
@@ -13,10 +13,13 @@
 //! - [`workloads`]: one module per workload.
 //! - [`report`]: result rows, the table and the JSON file; [`machine`]: what ran it.
 //! - [`driver`]: the `compare` and `run` commands, tying the above together.
+//! - [`failover`]: the `failover` command: kill -9 of a Redis primary or etcd's
+//!   leader, and the time to the next grant on a fresh resource.
 
 mod cli;
 mod deploy;
 mod driver;
+mod failover;
 mod load;
 mod machine;
 mod metrics;

@@ -49,6 +49,11 @@ impl Proc {
         Ok(())
     }
 
+    /// kill -9, and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// SIGTERM, then SIGKILL if it has not ended within `grace`.
     pub async fn stop(&mut self, grace: Duration) {
         if self.process.exited().is_some() {

@@ -140,11 +140,18 @@ pub fn table_line(r: &Row) -> String {
         if !notes.is_empty() {
             notes.push_str("; ");
         }
-        let first_line = e.lines().next().unwrap_or_default();
+        // Errors quoting a log put it after a line break; keep the first lines
+        // of it, since that is where a daemon says why it did not start.
+        let flat = e
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / ");
         let _ = write!(
             notes,
             "ERROR: {}",
-            first_line.chars().take(160).collect::<String>()
+            flat.chars().take(200).collect::<String>()
         );
     }
     format!(

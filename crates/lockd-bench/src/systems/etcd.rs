@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use etcd_client::{Client, GetOptions, LockOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, LockOptions};
 use futures::future::BoxFuture;
 
 use super::{AbortOnDrop, Held, LockReq, LockSystem, Waiting};
@@ -23,6 +23,22 @@ impl Etcd {
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
             let client = Client::connect([endpoint], None)
+                .await
+                .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+            clients.push(client);
+        }
+        Ok(Etcd { clients })
+    }
+
+    /// One client per endpoint, each with a deadline on every request: slot
+    /// `n` talks to `endpoints[n % len]` only, so a caller picks the member.
+    pub async fn connect_each(endpoints: &[String], timeout: Duration) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout);
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = Client::connect([endpoint], Some(options.clone()))
                 .await
                 .with_context(|| format!("connecting to etcd at {endpoint}"))?;
             clients.push(client);

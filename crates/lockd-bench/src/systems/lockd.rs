@@ -35,6 +35,19 @@ impl Lockd {
         Ok(Lockd { name, clients })
     }
 
+    /// Renews a lease for its own ttl_ms.
+    pub async fn renew(&self, slot: usize, h: &Held) -> Result<()> {
+        self.client(slot)
+            .renew(pb::RenewRequest {
+                lock_id: h.handle.clone(),
+                client_id: h.client_id.clone(),
+                ttl_ms: 0,
+            })
+            .await
+            .map_err(|s| status_err("Renew", s))?;
+        Ok(())
+    }
+
     fn client(&self, slot: usize) -> LockServiceClient<Channel> {
         self.clients[slot % self.clients.len()].clone()
     }

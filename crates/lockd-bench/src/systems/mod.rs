@@ -17,7 +17,8 @@ use clap::ValueEnum;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-/// The four systems `compare` measures.
+/// The systems `compare` measures: the first four by default, the three on
+/// replicated Redis (Sentinel, Cluster) when named with `--system`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
 pub enum SystemKind {
     /// lockd with the Redis backend, through its gRPC API.
@@ -36,10 +37,28 @@ pub enum SystemKind {
     #[value(name = "etcd")]
     #[serde(rename = "etcd")]
     Etcd,
+    /// lockd on a Sentinel group (1 primary, 2 replicas, 3 sentinels), a grant
+    /// acknowledged once one replica has it (`--min-replicas-ack 1`).
+    #[value(name = "lockd-sentinel")]
+    #[serde(rename = "lockd-sentinel")]
+    LockdSentinel,
+    /// lockd on the same Sentinel group without waiting for a replica
+    /// (`--min-replicas-ack 0`): the difference to lockd-sentinel is the cost of WAIT.
+    #[value(name = "lockd-sentinel-noack")]
+    #[serde(rename = "lockd-sentinel-noack")]
+    LockdSentinelNoack,
+    /// lockd on a Redis Cluster of three primaries with one replica each
+    /// (`--min-replicas-ack 1`).
+    #[value(name = "lockd-cluster")]
+    #[serde(rename = "lockd-cluster")]
+    LockdCluster,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 4] = [
+    /// What `compare` runs when no `--system` is given. The replicated-Redis
+    /// systems start six or seven Redis processes each and need lockd's HA
+    /// connection layer, so they run only when asked for.
+    pub const DEFAULT: [SystemKind; 4] = [
         SystemKind::LockdRedis,
         SystemKind::LockdDev,
         SystemKind::RedisDirect,
@@ -52,11 +71,24 @@ impl SystemKind {
             SystemKind::LockdDev => "lockd-dev",
             SystemKind::RedisDirect => "redis-direct",
             SystemKind::Etcd => "etcd",
+            SystemKind::LockdSentinel => "lockd-sentinel",
+            SystemKind::LockdSentinelNoack => "lockd-sentinel-noack",
+            SystemKind::LockdCluster => "lockd-cluster",
         }
     }
 
     pub fn is_lockd(self) -> bool {
-        matches!(self, SystemKind::LockdRedis | SystemKind::LockdDev)
+        !matches!(self, SystemKind::RedisDirect | SystemKind::Etcd)
+    }
+
+    /// `--min-replicas-ack` of the lockd daemons of this system, for the systems
+    /// on replicated Redis.
+    pub fn min_replicas_ack(self) -> Option<u32> {
+        match self {
+            SystemKind::LockdSentinel | SystemKind::LockdCluster => Some(1),
+            SystemKind::LockdSentinelNoack => Some(0),
+            _ => None,
+        }
     }
 }
 
