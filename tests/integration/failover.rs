@@ -138,8 +138,11 @@ async fn quarantine_zero_grants_at_once_after_a_restart_and_tokens_still_rise() 
 }
 
 /// A primary with one replica, and a daemon that needs it to confirm grants
-/// within a second (a loaded test machine may starve the replica for a while).
-async fn replicated(extra: &[&str]) -> (RedisServer, RedisServer, Daemon, String) {
+/// within `confirm_within` (a loaded test machine may starve the replica a while).
+async fn replicated(
+    confirm_within: &str,
+    extra: &[&str],
+) -> (RedisServer, RedisServer, Daemon, String) {
     let primary = RedisServer::start();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let synced = eventually(Duration::from_secs(10), || async {
@@ -161,7 +164,7 @@ async fn replicated(extra: &[&str]) -> (RedisServer, RedisServer, Daemon, String
         "--min-replicas-ack",
         "1",
         "--min-replicas-timeout",
-        "1s",
+        confirm_within,
     ];
     args.extend(extra);
     let daemon = Daemon::start(&args).await;
@@ -170,7 +173,7 @@ async fn replicated(extra: &[&str]) -> (RedisServer, RedisServer, Daemon, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_wait_for_a_replica_and_an_unconfirmed_grant_is_released() {
-    let (_primary, replica, daemon, _) = replicated(&[]).await;
+    let (_primary, replica, daemon, _) = replicated("1s", &[]).await;
     let mut c = daemon.client().await;
     let held = acquire(&mut c, req("held", "a")).await;
 
@@ -274,7 +277,11 @@ async fn a_second_lift_clears_a_lost_one_made_from_the_same_state() {
 /// than the bound on every other Redis call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmation_waits_longer_than_the_redis_timeout() {
-    let (_primary, replica, daemon, _) = replicated(&["--redis-timeout", "200ms"]).await;
+    let (_primary, replica, daemon, _) = replicated(
+        "4s",
+        &["--redis-timeout", "200ms", "--waiter-liveness", "20s"],
+    )
+    .await;
     let mut c = daemon.client().await;
     replica.pause();
     let resume = async {

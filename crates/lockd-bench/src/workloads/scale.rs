@@ -37,8 +37,9 @@ struct Fill {
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let s = &ctx.settings;
-    // Leases must outlive the run; on a real deployment, not by much.
-    let ttl_ms = if ctx.cleanup { 600_000 } else { 3_600_000 };
+    // Leases must outlive the fill (1M leases take a few minutes here), and
+    // lockd's default --max-ttl is 5 minutes.
+    let ttl_ms = 300_000;
     let mem0 = used_memory(ctx).await;
     let rss0 = ctx.rss();
     let fill = Arc::new(Fill {
