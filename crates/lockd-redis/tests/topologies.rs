@@ -55,6 +55,19 @@ async fn acquire(store: &RedisStore, resource: &str) -> Result<Lease, LockError>
     }
 }
 
+/// Whether a change of `resource` is announced within 500 ms.
+async fn noticed_soon(rx: &mut mpsc::UnboundedReceiver<Notice>, resource: &str) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(notice) = rx.recv().await {
+            if notice == Notice::Changed(resource.to_owned()) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// The notifier's probe passes. Its `expired` event comes when Redis' expiry
 /// cycle removes the probe key, which a loaded machine can delay past one
 /// probe's patience: up to three probes.
@@ -204,15 +217,7 @@ async fn sentinel_store_follows_a_killed_primary() {
             .query_async(&mut node(new).await)
             .await
             .unwrap();
-        let got = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some(notice) = rx.recv().await {
-                if notice == Notice::Changed(watched.clone()) {
-                    return;
-                }
-            }
-        })
-        .await;
-        if got.is_ok() {
+        if noticed_soon(&mut rx, &watched).await {
             break;
         }
         assert!(Instant::now() < deadline, "no notice from the new primary");
@@ -385,18 +390,8 @@ async fn cluster_notices_come_from_every_shard_and_survive_a_failover() {
             .arg(1)
             .query_async::<()>(&mut lane)
             .await;
-        if wrote.is_ok() {
-            let got = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Some(notice) = rx.recv().await {
-                    if notice == Notice::Changed(victim.clone()) {
-                        return;
-                    }
-                }
-            })
-            .await;
-            if got.is_ok() {
-                break;
-            }
+        if wrote.is_ok() && noticed_soon(&mut rx, &victim).await {
+            break;
         }
         assert!(
             Instant::now() < deadline,
