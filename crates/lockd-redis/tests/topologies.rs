@@ -390,7 +390,7 @@ async fn cluster_notices_come_from_every_shard_and_survive_a_failover() {
             .arg(1)
             .query_async::<()>(&mut lane)
             .await;
-        if wrote.is_ok() && noticed_soon(&mut rx, &victim).await {
+        if wrote.is_ok() && noticed_soon(&mut rx, victim).await {
             break;
         }
         assert!(
