@@ -447,3 +447,177 @@ async fn a_demoted_server_gets_no_writes_until_it_is_a_primary_again() {
     wait_ping(async || store.ping().await, true).await;
     acquire_until_granted(&store, "promoted").await;
 }
+
+/// A bucket's slot resharded to another primary while a lease in it is
+/// held. While its keys are split or moved but the slot not yet handed
+/// over, Redis refuses lockd's multi-key scripts with TRYAGAIN (a queue
+/// that is empty does not exist on either side), so the bucket answers
+/// UNAVAILABLE and grants nothing; a call under way when the move ends is
+/// sent again and succeeds; after the move the old owner's MOVED is
+/// followed; the next grant's token is larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_follows_a_slot_moved_to_another_primary_while_a_lease_is_held() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    let lease = acquire(&store, "moving").await.unwrap();
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    let key = store.namespace().resource("moving").holders;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut node(cluster.shards()[0].primary).await)
+        .await
+        .unwrap();
+    let from = cluster.primary_of(slot).unwrap();
+    let to = cluster
+        .shards()
+        .iter()
+        .map(|s| s.primary)
+        .find(|p| *p != from)
+        .unwrap();
+    let renew = async |what: &str| {
+        let renewed = store.renew(&lock, "topologies", None, &CALLER).await.0;
+        let renewed = renewed.unwrap_or_else(|err| panic!("renewal {what}: {err:?}"));
+        assert_eq!(renewed.fencing_token, lease.fencing_token, "renewal {what}");
+    };
+    let refused = async |what: &str| {
+        let spec = AcquireSpec {
+            resource: "moving".to_owned(),
+            mode: LockMode::Exclusive,
+            ttl_ms: 30_000,
+            wait_ms: 0,
+            client_id: "other".to_owned(),
+            max_renewals: 0,
+        };
+        let secret = LockId::generate("moving").secret;
+        let outcome = store.acquire(&spec, &secret, &CALLER, 100).await.0;
+        assert!(
+            !matches!(outcome, Ok(AcquireOutcome::Granted(_))),
+            "a held lease was granted again {what}: {outcome:?}"
+        );
+    };
+
+    let unavailable =
+        async |what: &str| match store.renew(&lock, "topologies", None, &CALLER).await.0 {
+            Err(LockError::Unavailable(why)) => assert!(why.contains("TryAgain"), "{what}: {why}"),
+            other => panic!("a renewal {what} answered {other:?}"),
+        };
+    cluster.begin_slot_move(slot, to);
+    unavailable("while the slot is migrating, its keys not moved yet").await;
+    refused("while the slot is migrating").await;
+    cluster.migrate_keys(slot, to);
+    let keys_in = async |addr: SocketAddr| -> i64 {
+        redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query_async(&mut node(addr).await)
+            .await
+            .unwrap()
+    };
+    assert!(keys_in(from).await == 0 && keys_in(to).await > 0);
+    unavailable("with its keys on the importing primary").await;
+    refused("with its keys on the importing primary").await;
+    // A renewal sent just before the move ends is sent again until it can run.
+    let renewal = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            cluster.finish_slot_move(slot, to);
+        });
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(store.renew(
+                &lock,
+                "topologies",
+                None,
+                &CALLER,
+            ))
+        })
+    });
+    let renewed = renewal.0.expect("a renewal across the end of the move");
+    assert_eq!(renewed.fencing_token, lease.fencing_token);
+    renew("after the move").await;
+    assert_eq!(
+        store.get(&lock).await.unwrap().fencing_token,
+        lease.fencing_token
+    );
+    refused("after the move").await;
+    store
+        .release(&lock, "topologies", &CALLER)
+        .await
+        .0
+        .expect("release after the move");
+    let next = acquire(&store, "moving").await.unwrap();
+    assert!(next.fencing_token > lease.fencing_token);
+    assert!(
+        exists(to, &key).await,
+        "the new lease is not on the new owner"
+    );
+}
+
+/// A store starts while one shard's primary is down (not the shard of the
+/// layout marker, which a start reads) and serves the other shards at
+/// once; the down shard's resources fail UNAVAILABLE within the timeout
+/// rather than hang, and are served once its replica has taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_starts_and_serves_with_one_primary_down() {
+    let mut cluster = RedisCluster::start();
+    let opts = options(&cluster.url());
+    let ns = lockd_redis::keys::Namespace::new(&opts.key_prefix, 0);
+    let slot_of = async |key: &str| -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut node(cluster.shards()[0].primary).await)
+            .await
+            .unwrap()
+    };
+    let marker = cluster.primary_of(slot_of(&ns.layout()).await).unwrap();
+    let victim = cluster
+        .shards()
+        .into_iter()
+        .find(|s| s.primary != marker)
+        .unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("down-{i}")).collect();
+    let mut on_victim = None;
+    let mut elsewhere = None;
+    for name in &names {
+        let slot = slot_of(&ns.resource(name).holders).await;
+        let owner = cluster.primary_of(slot).unwrap();
+        match owner == victim.primary {
+            true => on_victim.get_or_insert((name.clone(), slot)),
+            false => elsewhere.get_or_insert((name.clone(), slot)),
+        };
+    }
+    let ((down, down_slot), (up, _)) = (on_victim.unwrap(), elsewhere.unwrap());
+    cluster.kill_primary_of(down_slot);
+    let started = Instant::now();
+    let store = RedisStore::connect(&opts)
+        .await
+        .expect("a store starts with one primary down");
+    acquire(&store, &up)
+        .await
+        .expect("a resource of a live shard");
+    let sent = Instant::now();
+    match acquire(&store, &down).await {
+        Err(LockError::Unavailable(_)) => {}
+        other => panic!("a resource of the down shard answered {other:?}"),
+    }
+    assert!(
+        sent.elapsed() < TIMEOUT * 3,
+        "the down shard's call took {:?}",
+        sent.elapsed()
+    );
+    store.ping().await.expect("ping with one shard down");
+    eprintln!("started and served in {:?}", started.elapsed());
+    cluster.wait_for_failover(down_slot, victim.primary);
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        match acquire(&store, &down).await {
+            Ok(_) => break,
+            Err(LockError::Unavailable(why)) if Instant::now() < deadline => {
+                eprintln!("after the failover: {why}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("the failed-over shard's resource answered {err:?}"),
+        }
+    }
+}

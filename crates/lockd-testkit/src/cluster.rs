@@ -161,6 +161,85 @@ impl RedisCluster {
         new
     }
 
+    /// Starts moving `slot` to the primary at `to`, the way `redis-cli
+    /// --cluster reshard` does: `to` imports it, its owner migrates it.
+    /// Until [`RedisCluster::migrate_keys`] and
+    /// [`RedisCluster::finish_slot_move`], the owner answers commands whose
+    /// keys it still has and sends the others to `to` with ASK.
+    pub fn begin_slot_move(&self, slot: u16, to: SocketAddr) {
+        let from = self
+            .owner(slot)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"));
+        assert_ne!(from, to, "slot {slot} is already served by {to}");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        setslot(to, slot, &["IMPORTING", &from_id]);
+        setslot(from, slot, &["MIGRATING", &to_id]);
+    }
+
+    /// Moves every key of `slot` from its owner to `to` (MIGRATE), after
+    /// [`RedisCluster::begin_slot_move`].
+    pub fn migrate_keys(&self, slot: u16, to: SocketAddr) {
+        let from = self
+            .owner(slot)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"));
+        let mut c = probe(from).unwrap_or_else(|e| panic!("connecting to {from}: {e}"));
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut c)
+                .unwrap_or_else(|e| panic!("CLUSTER GETKEYSINSLOT on {from}: {e}"));
+            if keys.is_empty() {
+                return;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg(to.ip().to_string())
+                .arg(to.port())
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut c)
+                .unwrap_or_else(|e| panic!("MIGRATE from {from} to {to}: {e}"));
+        }
+    }
+
+    /// Ends the move of `slot` to `to`: every primary is told that `to`
+    /// owns it (the new owner first, as redis-cli does); the replicas learn
+    /// it from them.
+    pub fn finish_slot_move(&self, slot: u16, to: SocketAddr) {
+        let to_id = self.node_id(to);
+        setslot(to, slot, &["NODE", &to_id]);
+        for shard in self.shards() {
+            if shard.primary != to {
+                setslot(shard.primary, slot, &["NODE", &to_id]);
+            }
+        }
+        let moved = wait::until(FAILOVER_TIMEOUT, || {
+            self.live()
+                .all(|n| {
+                    cluster_nodes(n.addr())
+                        .is_some_and(|t| owner_in(&parse_shards(&t), slot) == Some(to))
+                })
+                .then_some(())
+        });
+        assert!(
+            moved.is_some(),
+            "not every node names {to} the owner of slot {slot}"
+        );
+    }
+
+    /// The cluster node id of the node at `addr`.
+    fn node_id(&self, addr: SocketAddr) -> String {
+        let mut c = probe(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut c)
+            .unwrap_or_else(|e| panic!("CLUSTER MYID on {addr}: {e}"))
+    }
+
     /// Waits until every live node reports `cluster_state:ok`.
     pub fn wait_ok(&self) {
         if wait::until(FAILOVER_TIMEOUT, || self.everyone_ok().then_some(())).is_none() {
@@ -226,6 +305,17 @@ fn start_node() -> RedisServer {
         args
     })
     .unwrap_or_else(|| panic!("redis-server is not installed (apt-get install redis-server)"))
+}
+
+/// `CLUSTER SETSLOT slot <how...>` on the node at `addr`.
+fn setslot(addr: SocketAddr, slot: u16, how: &[&str]) {
+    let mut c = probe(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let _: () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg(how)
+        .query(&mut c)
+        .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how:?} on {addr}: {e}"));
 }
 
 /// `CLUSTER NODES` of the node at `addr`.

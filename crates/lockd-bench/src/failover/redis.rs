@@ -10,42 +10,12 @@ use lockd_testkit::{RedisServer, SentinelGroup};
 
 use crate::procs::free_port;
 
-/// Redis Cluster's hash slots.
-const SLOTS: u16 = 16384;
-
 /// The key prefix lockd uses unless `--key-prefix` says otherwise.
 const LOCKD_KEY_PREFIX: &str = "lockd";
 
-/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The slot of a key: of its hash tag (the text between the first `{` and the
-/// next `}`, when not empty), else of the whole key.
+/// The slot of a key, as lockd routes it.
 pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = bytes
-        .iter()
-        .position(|&c| c == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            let len = rest.iter().position(|&c| c == b'}')?;
-            (len > 0).then(|| &rest[..len])
-        })
-        .unwrap_or(bytes);
-    crc16(hashed) % SLOTS
+    lockd_redis::conn::key_slot(key.as_bytes())
 }
 
 /// A key lockd writes for `resource` (its holders), as lockd-redis names it.
@@ -334,23 +304,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_match_redis() {
-        // Values from Redis's own CLUSTER KEYSLOT.
-        assert_eq!(crc16(b"123456789"), 0x31c3);
-        assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
-        assert_eq!(key_slot("foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
-    }
-
-    #[test]
     fn a_resource_is_in_the_slot_of_its_bucket() {
         let key = resource_key("lockd-bench/x/fresh/1");
         let open = key.find('{').unwrap();
         let tag = &key[open + 1..open + 1 + key[open + 1..].find('}').unwrap()];
-        assert_eq!(
-            resource_slot("lockd-bench/x/fresh/1"),
-            crc16(tag.as_bytes()) % SLOTS
-        );
+        assert_eq!(resource_slot("lockd-bench/x/fresh/1"), key_slot(tag));
         let inside = name_in_slots("r/", &[(0, 5460)], true);
         assert!(resource_slot(&inside) <= 5460);
         let outside = name_in_slots("r/", &[(0, 5460)], false);

@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError,
     RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::{Notify, watch};
 
+use super::cluster::Cluster;
 use super::sentinel::Resolver;
 use crate::error::StoreError;
 
@@ -37,8 +36,8 @@ pub struct Lane {
 enum LaneKind {
     /// A standalone or Sentinel-watched primary.
     Node { slot: Arc<NodeLane> },
-    /// MOVED, ASK and reconnects are handled inside redis-rs.
-    Cluster(ClusterConnection),
+    /// Lane `pick` of whichever Cluster primary serves each command's slot.
+    Cluster { cluster: Arc<Cluster>, pick: usize },
 }
 
 impl Lane {
@@ -48,47 +47,35 @@ impl Lane {
         }
     }
 
-    pub(crate) fn cluster(conn: ClusterConnection) -> Lane {
+    pub(crate) fn cluster(cluster: Arc<Cluster>, pick: usize) -> Lane {
         Lane {
-            kind: LaneKind::Cluster(conn),
+            kind: LaneKind::Cluster { cluster, pick },
         }
     }
 
     /// Runs `pipeline` as one write on one connection to the node that
-    /// serves `routing_key` (on Cluster, that slot's primary; redis-rs would
-    /// split a pipeline with keyless commands across nodes), and returns its
-    /// replies. A retry after a dropped connection resends all of it.
+    /// serves `routing_key` (on Cluster, that slot's primary, whatever keys
+    /// or keyless commands the pipeline holds), and returns its replies. A
+    /// retry after a dropped connection resends all of it.
     ///
     /// `response_timeout` replaces the lanes' bound for this call, for a
-    /// pipeline that blocks on purpose (WAIT). On Cluster, whose connections
-    /// have no response timeout, the caller bounds it.
+    /// pipeline that blocks on purpose (WAIT).
     pub async fn one_node_pipeline(
         &mut self,
         routing_key: &str,
         pipeline: &Pipeline,
         response_timeout: Duration,
     ) -> RedisResult<Vec<Value>> {
-        let count = pipeline.cmd_iter().count();
-        match &mut self.kind {
-            LaneKind::Cluster(conn) => {
-                let route = Route::with_key(routing_key.as_bytes(), SlotAddr::Master);
-                conn.route_pipeline(
-                    pipeline.clone(),
-                    0,
-                    count,
-                    SingleNodeRoutingInfo::SpecificNode(route),
-                )
-                .await
+        match &self.kind {
+            LaneKind::Cluster { cluster, pick } => {
+                cluster
+                    .one_node_pipeline(*pick, routing_key, pipeline, response_timeout)
+                    .await
             }
             LaneKind::Node { slot } => {
-                let current = slot.current().await?;
-                let mut conn = current.conn.clone();
-                conn.set_response_timeout(response_timeout);
-                let result = conn.req_packed_commands(pipeline, 0, count).await;
-                if let Err(err) = &result {
-                    slot.check(current.generation, err);
-                }
-                result
+                let count = pipeline.cmd_iter().count();
+                slot.pipeline(pipeline, 0, count, Some(response_timeout))
+                    .await
             }
         }
     }
@@ -96,16 +83,9 @@ impl Lane {
 
 impl ConnectionLike for Lane {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match &mut self.kind {
-            LaneKind::Cluster(conn) => conn.req_packed_command(cmd),
-            LaneKind::Node { slot } => Box::pin(async move {
-                let mut current = slot.current().await?;
-                let result = current.conn.req_packed_command(cmd).await;
-                if let Err(err) = &result {
-                    slot.check(current.generation, err);
-                }
-                result
-            }),
+        match &self.kind {
+            LaneKind::Cluster { cluster, pick } => Box::pin(cluster.command(*pick, cmd)),
+            LaneKind::Node { slot } => Box::pin(slot.command(cmd)),
         }
     }
 
@@ -115,36 +95,18 @@ impl ConnectionLike for Lane {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match &mut self.kind {
-            LaneKind::Cluster(conn) => {
-                Box::pin(super::cluster::send_pipeline(conn, cmd, offset, count))
+        match &self.kind {
+            LaneKind::Cluster { cluster, pick } => {
+                Box::pin(cluster.pipeline(*pick, cmd, offset, count))
             }
-            LaneKind::Node { slot } => Box::pin(async move {
-                let mut current = slot.current().await?;
-                let result = current.conn.req_packed_commands(cmd, offset, count).await;
-                match &result {
-                    Err(err) => slot.check(current.generation, err),
-                    // A pipeline's own errors come back as values.
-                    Ok(values) => {
-                        for value in values {
-                            if let Value::ServerError(err) = value
-                                && err.kind() == Some(ServerErrorKind::ReadOnly)
-                            {
-                                slot.broken(current.generation, "the node answered READONLY");
-                                break;
-                            }
-                        }
-                    }
-                }
-                result
-            }),
+            LaneKind::Node { slot } => Box::pin(slot.pipeline(cmd, offset, count, None)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match &self.kind {
             LaneKind::Node { slot, .. } => slot.source.db(),
-            LaneKind::Cluster(_) => 0,
+            LaneKind::Cluster { .. } => 0,
         }
     }
 }
@@ -382,6 +344,11 @@ pub(crate) fn breaks(err: &RedisError) -> bool {
         && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
 }
 
+/// Whether a reply is the `READONLY` error of a replica or demoted primary.
+fn is_read_only(value: &Value) -> bool {
+    matches!(value, Value::ServerError(err) if err.kind() == Some(ServerErrorKind::ReadOnly))
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these leaves plain data, still usable.
     mutex
@@ -450,6 +417,80 @@ impl NodeLane {
     /// The address of the current connection, if the lane has one.
     pub(crate) fn addr(&self) -> Option<ConnectionAddr> {
         lock(&self.state).current.as_ref().map(|c| c.addr.clone())
+    }
+
+    /// A lane with no connection yet: its first caller starts connecting.
+    /// Cluster shards begin so, since a shard's primary may be down when
+    /// the slot map first names it.
+    pub(crate) fn unconnected(index: usize, source: Arc<NodeSource>) -> Arc<NodeLane> {
+        Arc::new(NodeLane {
+            index,
+            source,
+            state: Mutex::new(LaneState {
+                current: None,
+                generation: 0,
+                replacing: false,
+                attempting: false,
+                last_error: Some("not connected yet".to_owned()),
+                failed_at: None,
+            }),
+            attempted: Notify::new(),
+            kick: Notify::new(),
+        })
+    }
+
+    /// The connection if the lane has one now; otherwise `None` at once,
+    /// with a replacement started, for callers that must not wait on a
+    /// node that may be down (fan-outs over every Cluster primary).
+    pub(crate) fn connected(self: &Arc<Self>) -> Option<Current> {
+        let mut state = lock(&self.state);
+        if state.current.is_none() {
+            self.start_replacing(&mut state);
+        }
+        state.current.clone()
+    }
+
+    /// Runs one command on the lane's connection; an error that says the
+    /// connection or the node's role is gone replaces it.
+    pub(crate) async fn command(self: &Arc<Self>, cmd: &Cmd) -> RedisResult<Value> {
+        let mut current = self.current().await?;
+        let result = current.conn.req_packed_command(cmd).await;
+        match &result {
+            Err(err) => self.check(current.generation, err),
+            Ok(value) => {
+                if is_read_only(value) {
+                    self.broken(current.generation, "the node answered READONLY");
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs a pipeline on the lane's connection, with `response_timeout`
+    /// instead of the lanes' bound if given. A pipeline's own errors come
+    /// back as values; a `READONLY` among them replaces the connection too.
+    pub(crate) async fn pipeline(
+        self: &Arc<Self>,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+        response_timeout: Option<Duration>,
+    ) -> RedisResult<Vec<Value>> {
+        let current = self.current().await?;
+        let mut conn = current.conn.clone();
+        if let Some(timeout) = response_timeout {
+            conn.set_response_timeout(timeout);
+        }
+        let result = conn.req_packed_commands(pipeline, offset, count).await;
+        match &result {
+            Err(err) => self.check(current.generation, err),
+            Ok(values) => {
+                if values.iter().any(is_read_only) {
+                    self.broken(current.generation, "the node answered READONLY");
+                }
+            }
+        }
+        result
     }
 
     /// The connection to use. While the lane is being replaced, the caller

@@ -12,20 +12,19 @@ mod sentinel;
 mod url;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::{Runtime, Timeouts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, ProtocolVersion, RedisResult};
 use tokio::sync::watch;
 
 use crate::error::StoreError;
+pub use cluster::key_slot;
 pub use lane::Lane;
 pub(crate) use lane::check_primary;
-use lane::{NodeLane, NodeSource, lock};
+use lane::{NodeLane, NodeSource};
 use url::Target;
 
 /// What kind of deployment a URL names.
@@ -108,32 +107,9 @@ impl Connector {
                 LanesKind::Nodes { lanes, source }
             }
             Target::Cluster(target) => {
-                let manager = deadpool_redis::cluster::Manager::new(target.seeds.clone(), false)?;
-                let pool = deadpool_redis::cluster::Pool::builder(manager)
-                    .max_size(count)
-                    .runtime(Runtime::Tokio1)
-                    .timeouts(Timeouts {
-                        wait: Some(self.timeout),
-                        create: Some(self.timeout * 3),
-                        recycle: Some(self.timeout),
-                    })
-                    .build()
-                    .map_err(|e| {
-                        StoreError::Redis(lane::io_error(format!("building a cluster pool: {e}")))
-                    })?;
-                let mut conns = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let object = pool
-                        .get()
-                        .await
-                        .map_err(|e| lane::pool_error(e, self.timeout * 3))?;
-                    conns.push(deadpool_redis::cluster::Connection::take(object));
-                }
-                LanesKind::Cluster {
-                    conns,
-                    template: target.seeds[0].clone(),
-                    failing: Mutex::new(Vec::new()),
-                }
+                let cluster = cluster::Cluster::start(target, self.timeout, count).await?;
+                tokio::spawn(cluster::follow(Arc::clone(&cluster), closed));
+                LanesKind::Cluster { cluster }
             }
         };
         Ok(Lanes {
@@ -281,11 +257,7 @@ enum LanesKind {
         source: Arc<NodeSource>,
     },
     Cluster {
-        conns: Vec<ClusterConnection>,
-        /// Credentials and protocol of every node.
-        template: ConnectionInfo,
-        /// The shards the last [`Lanes::ping_all`] could not reach, to log changes only.
-        failing: Mutex<Vec<String>>,
+        cluster: Arc<cluster::Cluster>,
     },
 }
 
@@ -295,7 +267,7 @@ impl Lanes {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.kind {
             LanesKind::Nodes { lanes, .. } => Lane::node(Arc::clone(&lanes[i % lanes.len()])),
-            LanesKind::Cluster { conns, .. } => Lane::cluster(conns[i % conns.len()].clone()),
+            LanesKind::Cluster { cluster } => Lane::cluster(Arc::clone(cluster), i),
         }
     }
 
@@ -316,8 +288,8 @@ impl Lanes {
     /// it, so asking every lane lets that happen here rather than in a
     /// caller's request.
     ///
-    /// Cluster: every lane reaches at least one primary; the shards it cannot
-    /// reach are logged, since the others still serve their slots.
+    /// Cluster: at least one primary answers so on every lane; the ones that
+    /// do not are logged, since the others still serve their slots.
     pub async fn ping_all(&self) -> Result<(), StoreError> {
         match &self.kind {
             LanesKind::Nodes { lanes, .. } => {
@@ -340,76 +312,7 @@ impl Lanes {
                 }
                 Ok(())
             }
-            LanesKind::Cluster { conns, failing, .. } => {
-                self.bounded_store(self.ping_cluster(conns, failing)).await
-            }
-        }
-    }
-
-    async fn ping_cluster(
-        &self,
-        conns: &[ClusterConnection],
-        failing: &Mutex<Vec<String>>,
-    ) -> Result<(), StoreError> {
-        // Any node can tell the topology; one that is down cannot.
-        let mut primaries = Err(StoreError::NotReady);
-        for conn in conns {
-            primaries = cluster::primaries(&mut conn.clone()).await;
-            if primaries.is_ok() {
-                break;
-            }
-        }
-        let primaries = primaries?;
-        if primaries.is_empty() {
-            return Err(StoreError::Redis(lane::io_error(
-                "the cluster reports no reachable primary".to_owned(),
-            )));
-        }
-        let pings = conns.iter().enumerate().flat_map(|(i, conn)| {
-            primaries.iter().map(move |p| {
-                let mut conn = conn.clone();
-                async move {
-                    let result =
-                        cluster::on_node(&mut conn, &p.host, p.port, redis::cmd("PING")).await;
-                    (i, format!("{}:{}", p.host, p.port), result)
-                }
-            })
-        });
-        let results = futures::future::join_all(pings).await;
-        let mut reached = vec![false; conns.len()];
-        let mut down: Vec<String> = Vec::new();
-        let mut last_error = None;
-        for (i, shard, result) in results {
-            match result {
-                Ok(_) => reached[i] = true,
-                Err(err) => {
-                    if !down.contains(&shard) {
-                        down.push(shard);
-                    }
-                    last_error = Some(err);
-                }
-            }
-        }
-        down.sort();
-        {
-            let mut known = lock(failing);
-            if *known != down {
-                if down.is_empty() {
-                    tracing::info!("every cluster primary answers again");
-                } else {
-                    tracing::warn!(
-                        shards = ?down,
-                        error = ?last_error.as_ref().map(|e| e.to_string()),
-                        "cluster primaries do not answer; their slots are unavailable"
-                    );
-                }
-                *known = down;
-            }
-        }
-        match (reached.iter().all(|r| *r), last_error) {
-            (true, _) => Ok(()),
-            (false, Some(err)) => Err(err.into()),
-            (false, None) => Err(StoreError::NotReady),
+            LanesKind::Cluster { cluster } => self.bounded_store(cluster.ping()).await,
         }
     }
 
@@ -428,16 +331,7 @@ impl Lanes {
                     .into_iter()
                     .collect())
             }
-            LanesKind::Cluster {
-                conns, template, ..
-            } => {
-                let mut conn = conns[0].clone();
-                let primaries = self.bounded_store(cluster::primaries(&mut conn)).await?;
-                Ok(primaries
-                    .iter()
-                    .map(|p| url::with_host(template, &p.host, p.port))
-                    .collect())
-            }
+            LanesKind::Cluster { cluster } => Ok(cluster.primaries()),
         }
     }
 
