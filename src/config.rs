@@ -38,6 +38,12 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// PEM file of the certificate authorities that a rediss:// server's
+    /// certificate (and a Sentinel's or Cluster node's) must chain to;
+    /// without it, the system's trusted roots.
+    #[arg(long, env = "LOCKD_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
     /// Serve the same API from process memory instead of Redis (one daemon,
     /// state lost on exit): for a first try and for tests. The variable takes
     /// 1/0, true/false, yes/no, on/off.
@@ -232,6 +238,12 @@ impl Config {
                 self.http_listen.and_then(|a| text(&a.to_string())),
             ),
             ("redis_url", text(&mask_url(&self.redis_url))),
+            (
+                "redis_ca",
+                self.redis_ca
+                    .as_ref()
+                    .and_then(|p| text(&p.display().to_string())),
+            ),
             ("dev", Some(toml::Value::Boolean(self.dev))),
             ("key_prefix", text(&self.key_prefix)),
             ("default_ttl", duration(self.default_ttl)),

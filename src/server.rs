@@ -255,6 +255,7 @@ impl StoreTasks {
 fn redis_options(config: &Config) -> RedisOptions {
     RedisOptions {
         url: config.redis_url.clone(),
+        ca_file: config.redis_ca.clone(),
         key_prefix: config.key_prefix.clone(),
         connections: config.redis_connections,
         timeout: config.redis_timeout,

@@ -95,6 +95,10 @@ impl StoreError {
             StoreError::Redis(e) if e.code() == Some("WRONGPASS") => {
                 "redis refused the user or password in the URL".to_owned()
             }
+            StoreError::Redis(e) if crate::conn::is_certificate_error(e) => format!(
+                "the server's TLS certificate is not trusted ({e}); give the authority it \
+                 chains to with --redis-ca, or fix the server's certificate"
+            ),
             StoreError::Redis(e) if e.kind() == ErrorKind::Parse => {
                 "the server at this address does not speak the Redis protocol \
                  (is the port right?)"

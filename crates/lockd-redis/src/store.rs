@@ -28,6 +28,9 @@ use crate::scripts::{Named, Scripts};
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
+    /// PEM certificate authorities a `rediss` server must chain to, instead
+    /// of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so that deployments can share one Redis.
     pub key_prefix: String,
     /// Multiplexed connections for lock operations.
@@ -57,6 +60,7 @@ impl RedisOptions {
         let max_ttl = Duration::from_secs(300);
         RedisOptions {
             url: url.into(),
+            ca_file: None,
             key_prefix: key_prefix.into(),
             connections: 4,
             timeout: Duration::from_secs(1),
@@ -145,7 +149,14 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects, failing if Redis cannot be reached within the timeout.
     pub async fn connect(options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let connector = Connector::new(&options.url, options.timeout)?;
+        let mut connector = Connector::new(&options.url, options.timeout)?;
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path).map_err(|e| StoreError::Unusable {
+                url: crate::conn::redacted_url(&options.url),
+                reason: format!("cannot read --redis-ca {}: {e}", path.display()),
+            })?;
+            connector = connector.trusting(&pem)?;
+        }
         let lanes = connector.lanes(options.connections).await?;
         let ns = Namespace::new(&options.key_prefix, connector.db());
         check_layout(&ns, &lanes).await?;

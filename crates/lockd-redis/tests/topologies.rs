@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lockd_core::{AcquireOutcome, AcquireSpec, Caller, Lease, LockError, LockId, LockMode};
 use lockd_redis::conn::{Connector, Topology};
-use lockd_redis::{Notice, RedisOptions, RedisStore};
+use lockd_redis::{Notice, RedisOptions, RedisStore, StoreError};
 use lockd_testkit::{RedisCluster, RedisServer, SentinelGroup, unique};
 use tokio::sync::mpsc;
 
@@ -620,4 +620,59 @@ async fn cluster_store_starts_and_serves_with_one_primary_down() {
             Err(err) => panic!("the failed-over shard's resource answered {err:?}"),
         }
     }
+}
+
+/// `rediss://` with `--redis-ca`: the store serves over TLS when the
+/// server's certificate chains to the given authority, refuses to start
+/// when it does not (saying why), and refuses a CA for a URL without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_is_trusted_only_through_the_given_authority() {
+    let certificate = lockd_testkit::SelfSigned::new();
+    let tls_port = lockd_testkit::free_port();
+    let args = certificate.redis_args(tls_port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = RedisServer::start_with(&args);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let trusted = RedisStore::connect(&RedisOptions {
+        ca_file: Some(certificate.cert()),
+        ..options(&url)
+    })
+    .await
+    .expect("a store over TLS with the server's authority");
+    acquire(&trusted, "over-tls").await.unwrap();
+    trusted.ping().await.unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut node(server.addr()).await)
+        .await
+        .unwrap();
+    assert!(
+        clients.lines().any(|l| l.contains(&format!(":{tls_port}"))
+            || l.contains(&format!("laddr=127.0.0.1:{tls_port}"))),
+        "no client on the TLS port: {clients}"
+    );
+
+    let stranger = lockd_testkit::SelfSigned::new();
+    let refused = RedisStore::connect(&RedisOptions {
+        ca_file: Some(stranger.cert()),
+        ..options(&url)
+    })
+    .await;
+    let err = refused
+        .err()
+        .expect("a server whose certificate chains elsewhere");
+    assert!(!lockd_redis::conn::is_unreachable(&err), "{err}");
+    let said = StoreError::unusable("rediss://127.0.0.1", err).to_string();
+    assert!(
+        said.contains("--redis-ca") && said.contains("certificate"),
+        "{said}"
+    );
+
+    let plain = RedisStore::connect(&RedisOptions {
+        ca_file: Some(certificate.cert()),
+        ..options(&server.url())
+    })
+    .await;
+    let err = plain.err().expect("a CA for a URL without TLS");
+    assert!(err.to_string().contains("--redis-ca"), "{err}");
 }

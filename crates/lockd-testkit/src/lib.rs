@@ -18,6 +18,7 @@
 //! - [`sentinel`]: [`SentinelGroup`], a primary, two replicas and three
 //!   sentinels that fail over within seconds.
 //! - [`cluster`]: [`RedisCluster`], three primaries with one replica each.
+//! - [`tls`]: [`SelfSigned`], a throwaway certificate for a TLS redis-server.
 //! - [`lockd`]: [`Lockd`], a lockd daemon as a child process.
 //! - `src/bin/lockd-testkit.rs`: the same starters for shell scripts
 //!   (`tests/run.sh`).
@@ -29,6 +30,7 @@ pub mod paths;
 pub mod process;
 pub mod redis;
 pub mod sentinel;
+pub mod tls;
 mod wait;
 
 pub use cluster::{RedisCluster, Shard};
@@ -38,3 +40,4 @@ pub use paths::{TempDir, program, target_dir, workspace_root};
 pub use process::ChildProcess;
 pub use redis::RedisServer;
 pub use sentinel::SentinelGroup;
+pub use tls::SelfSigned;

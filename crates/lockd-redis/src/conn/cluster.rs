@@ -331,8 +331,14 @@ impl Cluster {
     }
 
     /// A read of the map in the background, for a command that failed as if
-    /// the map were stale; skipped while one is under way.
+    /// the map were stale; skipped while one is under way or one ended
+    /// within [`REFRESH_GAP`], so that a storm of failing commands does not
+    /// pile up tasks waiting for their turn.
     fn refresh_soon(self: &Arc<Self>) {
+        match self.refreshed.try_lock() {
+            Ok(last) if last.is_none_or(|at| at.elapsed() >= REFRESH_GAP) => {}
+            _ => return,
+        }
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(err) = cluster.refresh(REFRESH_GAP).await {

@@ -127,8 +127,9 @@ pub(crate) struct NodeSource {
 enum SourceKind {
     /// One server at one address.
     Fixed {
-        info: ConnectionInfo,
-        addr: ConnectionAddr,
+        // Boxed: with TLS parameters these are large, and a Sentinel source has neither.
+        info: Box<ConnectionInfo>,
+        addr: Box<ConnectionAddr>,
         pool: deadpool_redis::Pool,
     },
     /// The primary the sentinels name; a pool per address it had.
@@ -155,7 +156,11 @@ impl NodeSource {
             shutdown,
             db,
             pool_size,
-            kind: SourceKind::Fixed { info, addr, pool },
+            kind: SourceKind::Fixed {
+                info: Box::new(info),
+                addr: Box::new(addr),
+                pool,
+            },
         })
     }
 
@@ -193,7 +198,7 @@ impl NodeSource {
     /// sentinels said last.
     pub(crate) fn primary(&self) -> Option<ConnectionAddr> {
         match &self.kind {
-            SourceKind::Fixed { addr, .. } => Some(addr.clone()),
+            SourceKind::Fixed { addr, .. } => Some(ConnectionAddr::clone(addr)),
             SourceKind::Sentinel { resolver, .. } => resolver.last(),
         }
     }
@@ -201,7 +206,7 @@ impl NodeSource {
     /// How to connect to the data node at `addr` (credentials, db, TLS).
     pub(crate) fn node_info(&self, addr: &ConnectionAddr) -> ConnectionInfo {
         match &self.kind {
-            SourceKind::Fixed { info, .. } => info.clone(),
+            SourceKind::Fixed { info, .. } => ConnectionInfo::clone(info),
             SourceKind::Sentinel { resolver, .. } => resolver.node_info(addr),
         }
     }
@@ -221,7 +226,7 @@ impl NodeSource {
         &self,
     ) -> Result<(MultiplexedConnection, ConnectionAddr), StoreError> {
         let (addr, pool) = match &self.kind {
-            SourceKind::Fixed { addr, pool, .. } => (addr.clone(), pool.clone()),
+            SourceKind::Fixed { addr, pool, .. } => (ConnectionAddr::clone(addr), pool.clone()),
             SourceKind::Sentinel { resolver, pool } => {
                 let addr = resolver.resolve().await?;
                 let existing = lock(pool)

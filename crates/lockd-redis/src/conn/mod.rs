@@ -43,6 +43,8 @@ pub enum Topology {
 pub struct Connector {
     target: Target,
     timeout: Duration,
+    /// The URL without its password, for errors.
+    url: String,
 }
 
 impl Connector {
@@ -52,7 +54,64 @@ impl Connector {
         Ok(Connector {
             target: url::parse(url)?,
             timeout,
+            url: redacted_url(url),
         })
+    }
+
+    /// Verifies every server's TLS certificate (data nodes and sentinels)
+    /// against the PEM certificate authorities `ca` instead of the system's
+    /// roots. Fails unless the URL is a `rediss` one.
+    pub fn trusting(mut self, ca: &[u8]) -> Result<Connector, StoreError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        // redis-rs takes a file without certificates, and would then trust no server.
+        if CertificateDer::pem_slice_iter(ca)
+            .flatten()
+            .next()
+            .is_none()
+        {
+            return Err(StoreError::Unusable {
+                url: self.url.clone(),
+                reason: "--redis-ca holds no PEM certificate".to_owned(),
+            });
+        }
+        let bad = |reason: String| StoreError::BadUrl {
+            url: self.url.clone(),
+            part: "scheme",
+            reason,
+        };
+        let with_ca = |info: &ConnectionInfo| -> Result<ConnectionInfo, StoreError> {
+            if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                return Err(bad(
+                    "--redis-ca is given but the URL is not a rediss:// one: the \
+                     connection would not use TLS"
+                        .to_owned(),
+                ));
+            }
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            };
+            let client =
+                redis::Client::build_with_tls(info.clone(), certificates).map_err(|e| {
+                    StoreError::Unusable {
+                        url: self.url.clone(),
+                        reason: format!("--redis-ca holds no usable certificate: {e}"),
+                    }
+                })?;
+            Ok(client.get_connection_info().clone())
+        };
+        self.target = match &self.target {
+            Target::Node(info) => Target::Node(with_ca(info)?),
+            Target::Sentinel(t) => Target::Sentinel(url::SentinelTarget {
+                sentinels: t.sentinels.iter().map(with_ca).collect::<Result<_, _>>()?,
+                master: t.master.clone(),
+                node: with_ca(&t.node)?,
+            }),
+            Target::Cluster(t) => Target::Cluster(url::ClusterTarget {
+                seeds: t.seeds.iter().map(with_ca).collect::<Result<_, _>>()?,
+            }),
+        };
+        Ok(self)
     }
 
     /// The logical database keys live in, for keyspace channel names.
@@ -181,6 +240,9 @@ pub fn is_unreachable(err: &StoreError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     match err {
         StoreError::NotReady | StoreError::Timeout(_) => true,
+        // A certificate that does not verify stays so until an operator
+        // changes the server's certificate or --redis-ca.
+        StoreError::Redis(err) if is_certificate_error(err) => false,
         StoreError::Redis(err) => {
             err.is_io_error()
                 || matches!(
@@ -198,6 +260,12 @@ pub fn is_unreachable(err: &StoreError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `err` is a TLS handshake that failed on the server's
+/// certificate (rustls says "invalid peer certificate: ...").
+pub(crate) fn is_certificate_error(err: &redis::RedisError) -> bool {
+    err.is_io_error() && err.to_string().contains("certificate")
 }
 
 /// `url` as it may be logged: the password in the authority
@@ -353,7 +421,59 @@ impl Lanes {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted_url;
+    use super::*;
+
+    /// Every connection a target opens: data nodes and sentinels.
+    fn infos(target: &Target) -> Vec<&ConnectionInfo> {
+        match target {
+            Target::Node(info) => vec![info],
+            Target::Sentinel(t) => t.sentinels.iter().chain([&t.node]).collect(),
+            Target::Cluster(t) => t.seeds.iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_ca_reaches_every_connection_of_every_tls_form() {
+        let certificate = lockd_testkit::SelfSigned::new();
+        let pem = std::fs::read(certificate.cert()).unwrap();
+        for url in [
+            "rediss://a:6380",
+            "rediss+sentinel://a:26379,b:26379/mymaster",
+            "rediss+cluster://a:7000,b:7001",
+        ] {
+            let connector = Connector::new(url, Duration::from_secs(1)).unwrap();
+            assert!(
+                infos(&connector.target).iter().all(|i| matches!(
+                    i.addr(),
+                    redis::ConnectionAddr::TcpTls {
+                        tls_params: None,
+                        ..
+                    }
+                )),
+                "{url}: not TLS, or a CA before one was given"
+            );
+            let trusting = connector.trusting(&pem).unwrap();
+            assert!(
+                infos(&trusting.target).iter().all(|i| matches!(
+                    i.addr(),
+                    redis::ConnectionAddr::TcpTls {
+                        tls_params: Some(_),
+                        ..
+                    }
+                )),
+                "{url}: a connection without the CA"
+            );
+        }
+        let plain = Connector::new("redis+cluster://a:7000", Duration::from_secs(1)).unwrap();
+        let err = plain.trusting(&pem).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("not a rediss")));
+        let tls = Connector::new("rediss://a:6380", Duration::from_secs(1)).unwrap();
+        let err = tls
+            .trusting(b"not a certificate")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("no PEM certificate")));
+    }
 
     #[test]
     fn passwords_never_survive_redaction() {
