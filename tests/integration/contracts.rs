@@ -613,8 +613,8 @@ async fn a_ttl_under_the_floor_is_refused_naming_the_field() {
     assert!(err.message().contains("ttl_ms"), "{err:?}");
 }
 
-/// redis-rs' Cluster client resends a command whose connection dropped, even
-/// one that ran: the same acquire run twice answers as its first run did.
+/// A client may retry an Acquire that failed UNAVAILABLE after it ran: the
+/// same acquire run twice answers as its first run did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_acquire_run_twice_answers_as_the_first_run() {
     let server = RedisServer::start();

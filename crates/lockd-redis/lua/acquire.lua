@@ -16,8 +16,8 @@ if cancelled_at then
   end
 end
 promote()
--- The same request run again (redis-rs' Cluster client resends a command
--- whose connection dropped, even one that ran) answers as its first run did.
+-- The same request run again (a client retrying an Acquire that failed
+-- UNAVAILABLE after it ran) answers as its first run did.
 if nholders > 0 then
   local h = live_holder(secret)
   if h and h.client == client then

@@ -14,6 +14,13 @@ if ttl == 0 then
   ttl = h.ttl
 end
 h.ttl = ttl
+-- A lease granted on a server whose clock was ahead of this one's (a
+-- failover onto a replica that is behind) was acquired "later than now"
+-- here; the record stores expiry - acquired unsigned, so it is acquired now
+-- on this server's clock. The token is stored relative to it and grows.
+if h.acq > now then
+  h.acq = now
+end
 h.exp = now + ttl
 h.ren = h.ren + 1
 put_holder(secret, h, false)

@@ -344,10 +344,16 @@ impl RedisStore {
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<ScriptReply, StoreError> {
         let keys = self.ns.resource(resource);
-        let known = self.known[usize::from(crate::keys::bucket(resource))].load(Ordering::Relaxed);
-        let mut invocation = self.scripts.resource_call(named, resource, &keys, known);
+        let known = &self.known[usize::from(crate::keys::bucket(resource))];
+        let mut invocation =
+            self.scripts
+                .resource_call(named, resource, &keys, known.load(Ordering::Relaxed));
         args(&mut invocation);
         let value = self.run(named, &invocation, &mut conn).await?;
+        // The script recorded the bucket's server if it had no record: from
+        // now on a missing one is lost data, also on a daemon whose bucket
+        // pass failed for this bucket and that does not run the reaper.
+        known.store(true, Ordering::Relaxed);
         let mut reply = reply::script_reply(value, resource).map_err(|err| {
             tracing::error!(script = named.name, error = %err, "unexpected script reply");
             err

@@ -676,3 +676,75 @@ async fn tls_server_is_trusted_only_through_the_given_authority() {
     let err = plain.err().expect("a CA for a URL without TLS");
     assert!(err.to_string().contains("--redis-ca"), "{err}");
 }
+
+/// A lease carried (as a failover carries it) onto a server whose clock is
+/// 30 s behind: its renewal there answers, the renewed record reads back,
+/// and the lease is released; the next grant's token is larger. The lease
+/// was acquired "in the future" of the new clock, which a renewal must not
+/// turn into a record no script can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewed_on_a_server_whose_clock_is_behind_stays_readable() {
+    let ahead = RedisServer::start();
+    let behind = RedisServer::start_with_clock_offset(-30, &[]);
+    let opts = options(&ahead.url());
+    let store = RedisStore::connect(&opts).await.unwrap();
+    let lease = acquire(&store, "carried").await.unwrap();
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    drop(store);
+    // What a replica would have: every key, with its time to live.
+    let mut from = node(ahead.addr()).await;
+    let mut to = node(behind.addr()).await;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{}*", opts.key_prefix))
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut from)
+            .await
+            .unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut from)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(ttl.max(0))
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(&mut to)
+            .await
+            .unwrap();
+    }
+    let moved = RedisStore::connect(&RedisOptions {
+        url: behind.url(),
+        ..opts.clone()
+    })
+    .await
+    .unwrap();
+    for round in 0..2 {
+        // Shorter than the clocks' difference: the new expiry is before
+        // the acquisition as the old clock dated it.
+        let renewed = moved
+            .renew(&lock, "topologies", Some(1_500), &CALLER)
+            .await
+            .0;
+        let renewed = renewed.unwrap_or_else(|err| panic!("renewal {round}: {err:?}"));
+        assert_eq!(renewed.fencing_token, lease.fencing_token);
+    }
+    assert_eq!(
+        moved.get(&lock).await.unwrap().fencing_token,
+        lease.fencing_token
+    );
+    moved
+        .release(&lock, "topologies", &CALLER)
+        .await
+        .0
+        .expect("release");
+    let next = acquire(&moved, "carried").await.unwrap();
+    assert!(next.fencing_token > lease.fencing_token);
+}

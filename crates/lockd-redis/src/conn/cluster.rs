@@ -34,7 +34,7 @@ use redis::{
 };
 use tokio::sync::watch;
 
-use super::lane::{NodeLane, NodeSource, check_primary, lock};
+use super::lane::{Lane, NodeLane, NodeSource, check_primary, lock};
 use super::url::{ClusterTarget, with_host};
 use crate::error::StoreError;
 
@@ -50,6 +50,8 @@ const REFRESH_GAP: Duration = Duration::from_millis(100);
 /// first up to the second.
 const TRY_AGAIN_FIRST_PAUSE: Duration = Duration::from_millis(10);
 const TRY_AGAIN_MAX_PAUSE: Duration = Duration::from_millis(200);
+/// How long a shard for a node only a redirect named is kept unused.
+const REDIRECT_SHARD_KEEP: Duration = Duration::from_secs(60);
 /// The owner of a slot no primary serves.
 const NO_SHARD: u16 = u16::MAX;
 
@@ -190,10 +192,16 @@ impl Shard {
         &self.lanes[pick % self.lanes.len()]
     }
 
-    /// Whether every lane is connected and its node answers ROLE `master`.
+    /// Whether every lane is connected, its node answers ROLE `master`, and
+    /// the node's cluster state is `ok`: a node in state `fail` (it lost
+    /// sight of the majority, or a slot has no primary under
+    /// `cluster-require-full-coverage yes`) still answers ROLE and PING but
+    /// refuses every key with CLUSTERDOWN.
     async fn check(&self) -> Result<(), StoreError> {
-        for lane in &self.lanes {
-            let Some(current) = lane.connected() else {
+        // Every lane not connected starts reconnecting now, not one per check.
+        let currents: Vec<_> = self.lanes.iter().map(|lane| lane.connected()).collect();
+        for (lane, current) in self.lanes.iter().zip(currents) {
+            let Some(current) = current else {
                 return Err(StoreError::Redis(super::lane::io_error(format!(
                     "{}: reconnecting",
                     self.name()
@@ -206,6 +214,17 @@ impl Shard {
                 }
                 return Err(err);
             }
+        }
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut Lane::node(Arc::clone(&self.lanes[0])))
+            .await?;
+        if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            return Err(StoreError::Redis(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ClusterDown),
+                "the node's cluster state is not ok",
+                self.name(),
+            ))));
         }
         Ok(())
     }
@@ -247,6 +266,9 @@ pub(crate) struct Cluster {
     /// Held while the map is read, so that reads are one at a time; holds
     /// when the last one ended.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Shards of nodes redirects named that the map does not, with when
+    /// each was last used.
+    redirected: Mutex<Vec<(Arc<Shard>, Instant)>>,
     /// The shards the last [`Cluster::ping`] could not reach, to log changes only.
     failing: Mutex<Vec<String>>,
 }
@@ -268,6 +290,7 @@ impl Cluster {
             lanes_per_shard: lanes_per_shard.max(1),
             table: RwLock::new(Arc::new(Table::empty())),
             refreshed: tokio::sync::Mutex::new(None),
+            redirected: Mutex::new(Vec::new()),
             failing: Mutex::new(Vec::new()),
         });
         cluster.refresh(Duration::ZERO).await?;
@@ -306,8 +329,12 @@ impl Cluster {
             .ok_or_else(|| unserved(slot))
     }
 
-    /// The primaries of the current map, as nodes to connect to.
-    pub(crate) fn primaries(&self) -> Vec<ConnectionInfo> {
+    /// The primaries of the map, read again unless that was just done, as
+    /// nodes to connect to.
+    pub(crate) async fn primaries(&self) -> Vec<ConnectionInfo> {
+        if let Err(err) = self.refresh(REFRESH_GAP).await {
+            tracing::debug!(error = %err, "reading the cluster slot map failed");
+        }
         self.table()
             .shards
             .iter()
@@ -347,52 +374,88 @@ impl Cluster {
         });
     }
 
-    /// `CLUSTER SLOTS` from the first node that answers: a connected
-    /// primary's lane, else a fresh connection to a node of the last map or
-    /// a seed.
+    /// The slot map most connected primaries report (the first one's on a
+    /// tie), each asked within half the timeout: an old primary cut off in
+    /// a minority still names itself, and must not win by answering first.
+    /// With no connected primary answering, the first answer of a fresh
+    /// connection to a node of the last map or a seed.
     async fn read_slots(&self) -> Result<SlotsReply, StoreError> {
         let table = self.table();
-        let on_lanes: Vec<BoxFuture<'_, Result<Value, StoreError>>> = table
-            .shards
-            .iter()
-            .filter_map(|s| s.lane(0).connected())
-            .map(|current| {
+        let bound = self.timeout / 2;
+        let asks = table.shards.iter().filter_map(|shard| {
+            let current = shard.lane(0).connected()?;
+            Some(async move {
                 let mut conn = current.conn.clone();
-                async move { Ok(slots_cmd().query_async::<Value>(&mut conn).await?) }.boxed()
+                let reply =
+                    tokio::time::timeout(bound, slots_cmd().query_async::<Value>(&mut conn))
+                        .await
+                        .map_err(|_| StoreError::Timeout(bound))??;
+                parse_slots(&reply, &shard.host)
+            })
+        });
+        let mut views: Vec<(SlotsReply, usize)> = Vec::new();
+        let mut errors = Vec::new();
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(view) => match views
+                    .iter_mut()
+                    .find(|(v, _)| v.primaries == view.primaries)
+                {
+                    Some((_, count)) => *count += 1,
+                    None => views.push((view, 1)),
+                },
+                Err(err) => errors.push(err),
+            }
+        }
+        let most = views.iter().map(|(_, count)| *count).max().unwrap_or(0);
+        if let Some(index) = views.iter().position(|(_, count)| *count == most) {
+            return Ok(views.swap_remove(index).0);
+        }
+        let mut nodes: Vec<ConnectionInfo> = table
+            .nodes
+            .iter()
+            .map(|(host, port)| with_host(&self.template, host, *port))
+            .collect();
+        nodes.extend(self.seeds.iter().cloned());
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let fresh: Vec<BoxFuture<'_, Result<SlotsReply, StoreError>>> = nodes
+            .into_iter()
+            .map(|info| {
+                let config = config.clone();
+                async move {
+                    let host = match info.addr() {
+                        redis::ConnectionAddr::Tcp(host, _)
+                        | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                        _ => String::new(),
+                    };
+                    let client = redis::Client::open(info)?;
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    let reply = slots_cmd().query_async::<Value>(&mut conn).await?;
+                    parse_slots(&reply, &host)
+                }
+                .boxed()
             })
             .collect();
-        let reply = match first_ok(on_lanes).await {
-            Ok(reply) => reply,
-            Err(lanes_error) => {
-                let mut nodes: Vec<ConnectionInfo> = table
-                    .nodes
-                    .iter()
-                    .map(|(host, port)| with_host(&self.template, host, *port))
-                    .collect();
-                nodes.extend(self.seeds.iter().cloned());
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout));
-                let fresh = nodes
-                    .into_iter()
-                    .map(|info| {
-                        let config = config.clone();
-                        async move {
-                            let client = redis::Client::open(info)?;
-                            let mut conn = client
-                                .get_multiplexed_async_connection_with_config(&config)
-                                .await?;
-                            Ok(slots_cmd().query_async::<Value>(&mut conn).await?)
-                        }
-                        .boxed()
-                    })
-                    .collect();
-                first_ok(fresh)
-                    .await
-                    .map_err(|e| e.or(lanes_error).unwrap_or(StoreError::NotReady))?
+        let answers = futures::future::join_all(fresh).await;
+        let mut first_error = None;
+        for answer in answers {
+            match answer {
+                Ok(view) => return Ok(view),
+                Err(err) => errors.push(err),
             }
-        };
-        parse_slots(&reply)
+        }
+        // A refused password says more than a node that is down.
+        for err in errors {
+            if !super::is_unreachable(&err) {
+                return Err(err);
+            }
+            first_error.get_or_insert(err);
+        }
+        Err(first_error.unwrap_or(StoreError::NotReady))
     }
 
     /// Puts a new map in place, keeping the shards (and their connections)
@@ -402,11 +465,12 @@ impl Cluster {
         let mut table = Table::empty();
         table.nodes = reply.nodes;
         for primary in reply.primaries {
-            let kept = old
-                .shards
-                .iter()
-                .find(|s| s.host == primary.host && s.port == primary.port)
-                .cloned();
+            let same = |s: &&Arc<Shard>| s.host == primary.host && s.port == primary.port;
+            let kept = old.shards.iter().find(same).cloned().or_else(|| {
+                let mut aside = lock(&self.redirected);
+                let at = aside.iter().position(|(s, _)| same(&s))?;
+                Some(aside.swap_remove(at).0)
+            });
             let shard = match kept {
                 Some(shard) => shard,
                 None => self.shard(&primary.host, primary.port)?,
@@ -483,15 +547,10 @@ impl Cluster {
         if map_is_stale(&result) {
             match result.as_ref().ok().and_then(redirect_of) {
                 Some(Redirect::Moved { host, port }) => {
-                    // The map read just before may not know the move yet;
-                    // the node that answered does.
-                    let _ = self.refresh(REFRESH_GAP).await;
-                    let mut owner = self.shard_of(slot)?;
-                    if Arc::ptr_eq(&owner, &shard)
-                        && let Some(named) = self.known_shard(&host, port)
-                    {
-                        owner = named;
-                    }
+                    // The node that answered knows the owner; the map is
+                    // read again meanwhile, for the commands after this one.
+                    self.refresh_soon();
+                    let owner = self.shard_at(&host, port)?;
                     result = owner.lane(pick).command(cmd).await;
                 }
                 _ => self.refresh_soon(),
@@ -503,24 +562,43 @@ impl Cluster {
         result
     }
 
-    /// The shard of the primary at `host:port`, if the map has it.
-    fn known_shard(&self, host: &str, port: u16) -> Option<Arc<Shard>> {
-        self.table()
+    /// The shard of the node at `host:port` that a MOVED or ASK names: the
+    /// map's, or one kept aside for nodes the map does not name yet (a new
+    /// primary importing its first slot serves none, so CLUSTER SLOTS leaves
+    /// it out). Those are dropped once the map names them or after
+    /// [`REDIRECT_SHARD_KEEP`] unused.
+    fn shard_at(&self, host: &str, port: u16) -> RedisResult<Arc<Shard>> {
+        if let Some(shard) = self
+            .table()
             .shards
             .iter()
             .find(|s| s.host == host && s.port == port)
-            .cloned()
+        {
+            return Ok(Arc::clone(shard));
+        }
+        let mut aside = lock(&self.redirected);
+        aside.retain(|(_, used)| used.elapsed() < REDIRECT_SHARD_KEEP);
+        if let Some((shard, used)) = aside
+            .iter_mut()
+            .find(|(s, _)| s.host == host && s.port == port)
+        {
+            *used = Instant::now();
+            return Ok(Arc::clone(shard));
+        }
+        let shard = self.shard(host, port).map_err(|e| {
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::TryAgain),
+                "cannot reach the node a redirect names",
+                format!("{host}:{port}: {e}"),
+            ))
+        })?;
+        aside.push((Arc::clone(&shard), Instant::now()));
+        Ok(shard)
     }
 
     /// A command for a slot being migrated, on the node the slot moves to.
     async fn asking(&self, pick: usize, host: &str, port: u16, cmd: &Cmd) -> RedisResult<Value> {
-        let Some(shard) = self.known_shard(host, port) else {
-            return Err(RedisError::from((
-                ErrorKind::Server(ServerErrorKind::TryAgain),
-                "a slot moves to a node that is not a known primary",
-                format!("{host}:{port}"),
-            )));
-        };
+        let shard = self.shard_at(host, port)?;
         let mut pipe = redis::pipe();
         pipe.cmd("ASKING").ignore().add_command(cmd.clone());
         let mut replies = shard.lane(pick).pipeline(&pipe, 0, 2, None).await?;
@@ -541,6 +619,11 @@ impl Cluster {
                 let mut answered = Vec::new();
                 let mut first_error = None;
                 for (shard, reply) in table.shards.iter().zip(replies) {
+                    let Some(reply) = reply else {
+                        // Down or reconnecting: no reply to count, and a
+                        // script it lacks is loaded on its first NOSCRIPT.
+                        continue;
+                    };
                     match reply {
                         Ok(Value::ServerError(err)) => {
                             first_error.get_or_insert_with(|| err.into());
@@ -551,9 +634,16 @@ impl Cluster {
                         }
                     }
                 }
+                let script = command_name(cmd) == b"SCRIPT";
                 match (answered.is_empty(), first_error) {
                     (true, Some(err)) => Err(err),
-                    _ if command_name(cmd) == b"SCRIPT" => Ok(answered
+                    (true, None) => Err(super::lane::io_error(
+                        "no cluster primary is connected".to_owned(),
+                    )),
+                    // A script must be on the shard whose NOSCRIPT asked for
+                    // it; which one that was is not known here.
+                    (false, Some(err)) if script => Err(err),
+                    _ if script => Ok(answered
                         .into_iter()
                         .next()
                         .map_or(Value::Nil, |(_, value)| value)),
@@ -561,17 +651,14 @@ impl Cluster {
                 }
             }
             _ => {
-                // Connected primaries first: a down one would cost the whole timeout.
-                let mut shards: Vec<&Arc<Shard>> = table.shards.iter().collect();
-                shards.sort_by_key(|s| s.lane(pick).connected().is_none());
-                let mut last = Err(unserved(0));
-                for shard in shards {
-                    last = shard.lane(pick).command(cmd).await;
-                    if matches!(&last, Ok(v) if !matches!(v, Value::ServerError(_))) {
-                        break;
-                    }
-                }
-                last
+                // Sent once, to a connected primary if there is one: after
+                // a failure nothing says it did not run.
+                let shard = table
+                    .shards
+                    .iter()
+                    .find(|s| s.lane(pick).connected().is_some())
+                    .unwrap_or(&table.shards[0]);
+                shard.lane(pick).command(cmd).await
             }
         }
     }
@@ -579,22 +666,23 @@ impl Cluster {
     /// `cmd` on a shard whose lane is connected now, within part of the
     /// timeout, so that one primary that is down or silent does not make a
     /// fan-out over all of them miss its bound.
-    async fn on_connected(&self, shard: &Shard, pick: usize, cmd: &Cmd) -> RedisResult<Value> {
+    /// `None` for a shard whose lane is not connected (it starts reconnecting).
+    async fn on_connected(
+        &self,
+        shard: &Shard,
+        pick: usize,
+        cmd: &Cmd,
+    ) -> Option<RedisResult<Value>> {
         let lane = shard.lane(pick);
-        if lane.connected().is_none() {
-            return Err(super::lane::io_error(format!(
-                "{}: reconnecting",
-                shard.name()
-            )));
-        }
+        lane.connected()?;
         let bound = self.timeout / 2;
-        match tokio::time::timeout(bound, lane.command(cmd)).await {
+        Some(match tokio::time::timeout(bound, lane.command(cmd)).await {
             Ok(result) => result,
             Err(_) => Err(RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("{} did not answer within {bound:?}", shard.name()),
             ))),
-        }
+        })
     }
 
     /// Runs `pipeline`: whole on one primary when it is a transaction or all
@@ -818,24 +906,18 @@ fn slots_cmd() -> Cmd {
     cmd
 }
 
-/// The first of `calls` to succeed, or the last error (`None` if there
-/// were no calls).
-async fn first_ok<T>(
-    calls: Vec<BoxFuture<'_, Result<T, StoreError>>>,
-) -> Result<T, Option<StoreError>> {
-    if calls.is_empty() {
-        return Err(None);
-    }
-    futures::future::select_ok(calls)
-        .await
-        .map(|(value, _)| value)
-        .map_err(Some)
-}
-
 /// Parses `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replica...], ...]`,
-/// into the primaries (each once, in slot order) and every node named.
-fn parse_slots(value: &Value) -> Result<SlotsReply, StoreError> {
-    let bad = || StoreError::Reply(format!("CLUSTER SLOTS answered {value:?}"));
+/// into the primaries (each once, in slot order) and every node named. An
+/// empty or NULL host means the node `answered` (a one-node cluster, or
+/// `cluster-preferred-endpoint-type unknown-endpoint`).
+fn parse_slots(value: &Value, answered: &str) -> Result<SlotsReply, StoreError> {
+    let bad = || {
+        StoreError::Redis(RedisError::from((
+            ErrorKind::Parse,
+            "CLUSTER SLOTS answered something else than a slot map",
+            format!("{value:?}"),
+        )))
+    };
     let Value::Array(ranges) = value else {
         return Err(bad());
     };
@@ -846,12 +928,18 @@ fn parse_slots(value: &Value) -> Result<SlotsReply, StoreError> {
         let host = match node.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(s)) => s.clone(),
+            Some(Value::Nil) => String::new(),
             _ => return Err(bad()),
+        };
+        let host = if host.is_empty() {
+            answered.to_owned()
+        } else {
+            host
         };
         let Some(Value::Int(port)) = node.get(1) else {
             return Err(bad());
         };
-        // An unknown endpoint ("?" or empty) cannot be connected to.
+        // An unknown endpoint ("?") cannot be connected to.
         if host.is_empty() || host == "?" {
             return Ok(None);
         }
@@ -994,7 +1082,7 @@ mod tests {
             ]),
             Value::Array(vec![Value::Int(10924), Value::Int(16383), node("?", 7002)]),
         ]);
-        let SlotsReply { primaries, nodes } = parse_slots(&value).expect("parsed");
+        let SlotsReply { primaries, nodes } = parse_slots(&value, "10.0.0.9").expect("parsed");
         assert_eq!(
             primaries,
             vec![
@@ -1011,12 +1099,23 @@ mod tests {
             ]
         );
         assert_eq!(nodes.len(), 3, "{nodes:?}");
-        assert!(parse_slots(&Value::Nil).is_err());
+        assert!(parse_slots(&Value::Nil, "x").is_err());
         let out_of_range = Value::Array(vec![Value::Array(vec![
             Value::Int(0),
             Value::Int(16384),
             node("127.0.0.1", 7000),
         ])]);
-        assert!(parse_slots(&out_of_range).is_err());
+        assert!(parse_slots(&out_of_range, "x").is_err());
+        // A one-node cluster names itself with an empty host.
+        let alone = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node("", 7000),
+        ])]);
+        let SlotsReply { primaries, .. } = parse_slots(&alone, "10.0.0.9").unwrap();
+        assert_eq!(
+            (primaries[0].host.as_str(), primaries[0].port),
+            ("10.0.0.9", 7000)
+        );
     }
 }

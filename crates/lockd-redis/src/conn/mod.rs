@@ -137,7 +137,7 @@ impl Connector {
     }
 
     /// `count` long-lived lanes, each connected to a writable primary (for a
-    /// cluster, a cluster connection each). Fails if that cannot be done
+    /// cluster, `count` per primary). Fails if that cannot be done
     /// within a few timeouts.
     pub async fn lanes(&self, count: usize) -> Result<Lanes, StoreError> {
         let count = count.max(1);
@@ -251,6 +251,9 @@ pub fn is_unreachable(err: &StoreError) -> bool {
                         ServerErrorKind::BusyLoading
                             | ServerErrorKind::TryAgain
                             | ServerErrorKind::ClusterDown
+                            // A slot moved: the lanes follow it.
+                            | ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
                             | ServerErrorKind::MasterDown
                             // The node is no longer the primary: a failover
                             // is under way, and the lanes follow it.
@@ -399,7 +402,7 @@ impl Lanes {
                     .into_iter()
                     .collect())
             }
-            LanesKind::Cluster { cluster } => Ok(cluster.primaries()),
+            LanesKind::Cluster { cluster } => Ok(cluster.primaries().await),
         }
     }
 
