@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockd::pb;
+use lockd_redis::keys::Namespace;
 use lockd_testkit::{RedisCluster, SentinelGroup};
 use tonic::Code;
 
@@ -59,16 +60,52 @@ struct Hold {
     ends: Instant,
 }
 
-/// Every acknowledged lease of a test, and the calls that failed.
+/// An acquire that got an answer: from which daemon, when and how fast,
+/// and what it was (`Ok(true)` a grant, `Ok(false)` no lease, or the
+/// failure's code).
+struct Answer {
+    resource: String,
+    daemon: SocketAddr,
+    at: Instant,
+    took: Duration,
+    outcome: Result<bool, Code>,
+}
+
+/// What one daemon answered on some resources in one window of time.
+#[derive(Default, Clone)]
+struct Window {
+    grants: usize,
+    unavailable: usize,
+}
+
+/// Every acknowledged lease of a test, every answered acquire, and the calls
+/// that failed.
 #[derive(Default)]
 struct History {
     holds: Mutex<Vec<Hold>>,
+    answers: Mutex<Vec<Answer>>,
     failures: Mutex<HashMap<String, usize>>,
 }
 
 impl History {
     fn hold(&self, hold: Hold) {
         self.holds.lock().unwrap().push(hold);
+    }
+
+    fn answered(
+        &self,
+        resource: &str,
+        daemon: SocketAddr,
+        sent: Instant,
+        outcome: Result<bool, Code>,
+    ) {
+        self.answers.lock().unwrap().push(Answer {
+            resource: resource.to_owned(),
+            daemon,
+            at: Instant::now(),
+            took: sent.elapsed(),
+            outcome,
+        });
     }
 
     fn failed(&self, status: &tonic::Status) {
@@ -88,6 +125,47 @@ impl History {
             .iter()
             .filter(|h| resources.contains(&h.resource) && h.granted > from && h.granted < to)
             .count()
+    }
+
+    /// What `daemon` answered on any of `resources` in each of `count`
+    /// consecutive windows of `width` from `from`.
+    fn windows(
+        &self,
+        resources: &[String],
+        daemon: SocketAddr,
+        from: Instant,
+        width: Duration,
+        count: u32,
+    ) -> Vec<Window> {
+        let mut windows = vec![Window::default(); count as usize];
+        for answer in self.answers.lock().unwrap().iter() {
+            if answer.daemon != daemon || !resources.contains(&answer.resource) || answer.at < from
+            {
+                continue;
+            }
+            let Some(window) = windows.get_mut((answer.at - from).div_duration_f64(width) as usize)
+            else {
+                continue;
+            };
+            match answer.outcome {
+                Ok(true) => window.grants += 1,
+                Err(Code::Unavailable) => window.unavailable += 1,
+                _ => {}
+            }
+        }
+        windows
+    }
+
+    /// The longest acquire on any of `resources` answered after `since`.
+    fn slowest_answer(&self, resources: &[String], since: Instant) -> Duration {
+        self.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| resources.contains(&a.resource) && a.at > since)
+            .map(|a| a.took)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The checker: per resource, no two holds overlap, and a later hold
@@ -132,32 +210,63 @@ async fn bounded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("{what} did not answer within {CALL_BOUND:?}"))
 }
 
-/// Clients on every daemon taking turns on `resources` until `until`: each
-/// acquires (waiting a little), holds briefly and releases, recording what
-/// it was granted.
+/// When a workload stops: set up front, or only once a test knows when its
+/// failover ended (it runs on until then).
+#[derive(Clone, Default)]
+struct Until(Arc<Mutex<Option<Instant>>>);
+
+impl Until {
+    fn at(at: Instant) -> Until {
+        let until = Until::default();
+        until.set(at);
+        until
+    }
+
+    fn set(&self, at: Instant) {
+        *self.0.lock().unwrap() = Some(at);
+    }
+
+    fn passed(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+/// One client per id in `clients`, spread over the daemons, taking turns on
+/// `resources` until `until`: each acquires (waiting a little), holds
+/// briefly and releases, recording what it was granted.
 async fn workload(
     addrs: &[SocketAddr],
     resources: &[String],
-    until: Instant,
+    clients: &[String],
+    until: &Until,
     history: &Arc<History>,
 ) {
     let mut tasks = Vec::new();
-    for (i, addr) in addrs.iter().cycle().take(4 * addrs.len()).enumerate() {
-        let mut c = connect(*addr).await;
+    for (i, (&addr, client)) in addrs.iter().cycle().zip(clients).enumerate() {
+        let mut c = connect(addr).await;
         let resources = resources.to_vec();
+        let client = client.clone();
+        let until = until.clone();
         let history = Arc::clone(history);
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
-            while Instant::now() < until {
+            while !until.passed() {
                 n += 1;
                 let resource = &resources[(i + n) % resources.len()];
-                let client = format!("c{i}");
                 let sent = Instant::now();
                 let reply = bounded(
                     "acquire",
                     c.acquire(req(resource, &client).ttl(TTL_MS).wait(300)),
                 )
                 .await;
+                let outcome = match &reply {
+                    Ok(reply) => Ok(reply.get_ref().lease.is_some()),
+                    Err(status) => Err(status.code()),
+                };
+                history.answered(resource, addr, sent, outcome);
                 let lease = match reply {
                     Ok(reply) => match reply.into_inner().lease {
                         Some(lease) => lease,
@@ -311,10 +420,12 @@ async fn sentinel_primary_killed_with_leases_and_waiters_on_both_daemons() {
     let _held = acquire(&mut c, req("contended", "holder").ttl(TTL_MS)).await;
     let queued = waiters(&addrs, "contended", &history);
 
-    let until = Instant::now() + Duration::from_secs(12);
+    let until = Until::at(Instant::now() + Duration::from_secs(12));
     let load = {
         let (addrs, resources, history) = (addrs.clone(), resources.clone(), Arc::clone(&history));
-        tokio::spawn(async move { workload(&addrs, &resources, until, &history).await })
+        tokio::spawn(
+            async move { workload(&addrs, &resources, &names("c", 8), &until, &history).await },
+        )
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = group.kill_primary();
@@ -342,10 +453,12 @@ async fn sentinel_failover_to_a_replica_whose_clock_is_30_s_behind() {
     let addrs = addrs(&daemons);
     let history = Arc::new(History::default());
     let resources = names("r", 3);
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Until::at(Instant::now() + Duration::from_secs(10));
     let load = {
         let (addrs, resources, history) = (addrs.clone(), resources.clone(), Arc::clone(&history));
-        tokio::spawn(async move { workload(&addrs, &resources, until, &history).await })
+        tokio::spawn(
+            async move { workload(&addrs, &resources, &names("c", 8), &until, &history).await },
+        )
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = group.kill_primary();
@@ -397,10 +510,12 @@ async fn sentinel_primary_paused_past_failover_comes_back_demoted_and_unused() {
     let addrs = addrs(&daemons);
     let history = Arc::new(History::default());
     let resources = names("r", 3);
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Until::at(Instant::now() + Duration::from_secs(20));
     let load = {
         let (addrs, resources, history) = (addrs.clone(), resources.clone(), Arc::clone(&history));
-        tokio::spawn(async move { workload(&addrs, &resources, until, &history).await })
+        tokio::spawn(
+            async move { workload(&addrs, &resources, &names("c", 8), &until, &history).await },
+        )
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = group.pause_primary();
@@ -461,17 +576,39 @@ async fn cluster_hands_off_in_fifo_order_on_every_shard() {
     }
 }
 
-/// The slot a resource's keys live in, asked of the cluster itself.
-fn slot_of(cluster: &RedisCluster, prefix: &str, resource: &str) -> u16 {
-    let ns = lockd_redis::keys::Namespace::new(prefix, 0);
-    let key = ns.resource(resource).holders;
+/// The slot `key` lives in, asked of the cluster itself.
+fn slot_of(cluster: &RedisCluster, key: &str) -> u16 {
     let mut conn = cluster.nodes()[0].connection();
     redis::cmd("CLUSTER")
         .arg("KEYSLOT")
-        .arg(&key)
+        .arg(key)
         .query(&mut conn)
         .expect("CLUSTER KEYSLOT")
 }
+
+/// Each of these, from the kill of a shard's primary to the end of the
+/// load, must hold grants on the other shards from every daemon. Each takes
+/// tens of grants a second when all is well, even on a loaded machine; a
+/// second is far above its scheduling pauses and far below an outage that
+/// matters.
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// How long the load runs on after the failover: a stall of the other
+/// shards that begins late (when the failed shard's quarantine ends and its
+/// grants reach their replica confirmations), or never ends, falls in
+/// windows too.
+const AFTER_FAILOVER: Duration = Duration::from_secs(6);
+
+/// The longest an acquire on the other shards may take to answer. Each of
+/// its Redis steps is bounded: the lease index note and the lock script
+/// together by --redis-timeout (500 ms), the replica confirmation by
+/// --min-replicas-timeout plus --redis-timeout (1 s), the wait for a busy
+/// resource by the request's 300 ms, and withdrawing an unserved wait by
+/// --redis-timeout again: about 2.3 s if every step ran out its bound.
+/// Served, a call takes the wait plus a few round trips of milliseconds, and
+/// about 1 s at worst on a loaded machine; a call past this bound waited on
+/// something bigger than its own shard's answers.
+const SPARED_ANSWER_BOUND: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_primary_killed_while_the_other_shards_keep_serving() {
@@ -484,46 +621,111 @@ async fn cluster_primary_killed_while_the_other_shards_keep_serving() {
         Daemon::start(&args_ref).await,
     ];
     let addrs = addrs(&daemons);
+    let ns = Namespace::new(&prefix, 0);
     // Resources on the shard to fail, and resources on the others.
     let shards = cluster.shards();
-    let shard_of = |resource: &str| {
-        let slot = slot_of(&cluster, &prefix, resource);
+    let shard_of = |key: &str| {
+        let slot = slot_of(&cluster, key);
         shards
             .iter()
             .position(|s| s.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
             .expect("a shard serves the slot")
     };
-    let all = names("r", 24);
-    let doomed_shard = shard_of(&all[0]);
+    let all = names("r", 36);
+    let doomed_shard = shard_of(&ns.resource(&all[0]).holders);
     let (doomed, spared): (Vec<String>, Vec<String>) = all
         .iter()
         .cloned()
-        .partition(|r| shard_of(r) == doomed_shard);
+        .partition(|r| shard_of(&ns.resource(r).holders) == doomed_shard);
     assert!(!spared.is_empty());
+    // A grant also notes its lease in its client's index, which lives in
+    // the client id's slot: a client indexed on the failed shard could not
+    // be granted anything, whichever shard its resource is on.
+    let spared_clients: Vec<String> = names("c", 64)
+        .into_iter()
+        .filter(|c| shard_of(&ns.client_index(c)) != doomed_shard)
+        .take(8)
+        .collect();
+    let slot = slot_of(&cluster, &ns.resource(&doomed[0]).holders);
     let history = Arc::new(History::default());
-    let until = Instant::now() + Duration::from_secs(10);
-    let load = {
-        let (addrs, all, history) = (addrs.clone(), all.clone(), Arc::clone(&history));
-        tokio::spawn(async move { workload(&addrs, &all, until, &history).await })
+    // Left open: the load runs until a time after the failover, which only
+    // wait_for_failover tells.
+    let until = Until::default();
+    // Each side has clients of its own: a client waiting on the failed
+    // shard would leave spared resources idle, which would pass for an
+    // outage. The failed shard keeps its traffic all along, and three times
+    // as many clients: their calls, which try the dead node and then wait
+    // on the missing replica of its successor, are what must not reach the
+    // others, and with only as many as the others an outage showed in few
+    // runs.
+    let load = |resources: &[String], clients: Vec<String>| {
+        let (addrs, resources, until) = (addrs.clone(), resources.to_vec(), until.clone());
+        let history = Arc::clone(&history);
+        tokio::spawn(async move { workload(&addrs, &resources, &clients, &until, &history).await })
     };
+    let loads = [load(&spared, spared_clients), load(&doomed, names("d", 24))];
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let slot = slot_of(&cluster, &prefix, &doomed[0]);
     let old = cluster.kill_primary_of(slot);
     let killed = Instant::now();
     let new = cluster.wait_for_failover(slot, old);
-    let failed_over = Instant::now();
-    eprintln!(
-        "cluster shard failover {old} -> {new} in {:?}",
-        killed.elapsed()
-    );
-    load.await.expect("workload");
+    let failed_over = killed.elapsed();
+    // Whole windows, so that the last is as long as the others.
+    let count = (failed_over + AFTER_FAILOVER)
+        .div_duration_f64(WINDOW)
+        .ceil() as u32;
+    until.set(killed + WINDOW * count);
+    eprintln!("cluster shard failover {old} -> {new} in {failed_over:?}");
+    for load in loads {
+        load.await.expect("workload");
+    }
     let checked = history.check();
-    let spared_during = history.granted_between(&spared, killed, failed_over);
+    // Per daemon: each has connections of its own, and one that stalls
+    // while the other serves is an outage all the same.
+    let per_daemon: Vec<(SocketAddr, Vec<Window>)> = addrs
+        .iter()
+        .map(|&daemon| {
+            let windows = history.windows(&spared, daemon, killed, WINDOW, count);
+            (daemon, windows)
+        })
+        .collect();
+    let table = per_daemon
+        .iter()
+        .map(|(daemon, windows)| {
+            let cells: Vec<String> = windows
+                .iter()
+                .map(|w| format!("{}/{}", w.grants, w.unavailable))
+                .collect();
+            format!("{daemon}: {}", cells.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let table = format!(
+        "grants/UNAVAILABLE on the other shards per {WINDOW:?} since the kill \
+         (failover after {failed_over:?}):\n{table}"
+    );
+    let slowest = history.slowest_answer(&spared, killed);
     eprintln!(
-        "{checked} holds checked; {spared_during} grants on the other shards after the kill; failures {:?}",
+        "{checked} holds checked; {table}\nslowest answer there {slowest:?}; failures {:?}",
         history.failures.lock().unwrap()
     );
-    assert!(spared_during > 0, "the other shards stopped granting");
+    let windows = || per_daemon.iter().flat_map(|(_, windows)| windows);
+    assert!(
+        windows().all(|w| w.grants > 0),
+        "the other shards stopped granting while one failed over; {table}"
+    );
+    // Their nodes and replicas all answer, so none of their calls has a
+    // reason to fail for want of Redis (a wait that ran out is contention,
+    // DEADLINE_EXCEEDED): a stall of some of a daemon's connections shows
+    // here even while the others keep every window granting.
+    assert!(
+        windows().all(|w| w.unavailable == 0),
+        "calls on the other shards failed UNAVAILABLE while one failed over; {table}"
+    );
+    assert!(
+        slowest <= SPARED_ANSWER_BOUND,
+        "an acquire on the other shards took {slowest:?} to answer, over \
+         {SPARED_ANSWER_BOUND:?}: it waited on the failed shard"
+    );
     // The promoted replica has no replica of its own, so WAIT 1 cannot
     // succeed there: the shard serves again once the old primary rejoins.
     let mut c = daemons[0].client().await;
