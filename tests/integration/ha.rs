@@ -296,7 +296,12 @@ async fn workload(
                     resource: resource.clone(),
                     token: lease.fencing_token,
                     granted,
-                    ends: releasing.min(sent + Duration::from_millis(TTL_MS)),
+                    // A release that failed (Redis gone mid-call) may not
+                    // have run: the lease then lives its whole term.
+                    ends: match released {
+                        Ok(_) => releasing.min(sent + Duration::from_millis(TTL_MS)),
+                        Err(_) => sent + Duration::from_millis(TTL_MS),
+                    },
                 });
             }
         }));
