@@ -748,3 +748,70 @@ async fn a_lease_renewed_on_a_server_whose_clock_is_behind_stays_readable() {
     let next = acquire(&moved, "carried").await.unwrap();
     assert!(next.fencing_token > lease.fencing_token);
 }
+
+/// After a Sentinel promotion the new primary's resources grant nothing
+/// for the quarantine, fresh ones too, while a lease that survived renews;
+/// then grants resume with a token above every earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_promotion_quarantines_new_grants_but_not_renewals() {
+    const QUARANTINE: Duration = Duration::from_secs(3);
+    let mut group = SentinelGroup::start();
+    let store = RedisStore::connect(&RedisOptions {
+        failover_quarantine: QUARANTINE,
+        // The survivor must be on the promoted replica: wait for one.
+        min_replicas_ack: 1,
+        replicas_timeout: Duration::from_secs(2),
+        ..options(&group.url())
+    })
+    .await
+    .unwrap();
+    let held = acquire(&store, "survivor").await.unwrap();
+    let held_lock = LockId::parse(&held.lock_id).unwrap();
+    let old = group.primary_addr();
+    group.kill_primary();
+    group.wait_for_failover(old);
+    // The first answer from the new primary starts its quarantine.
+    let deadline = Instant::now() + FOLLOW;
+    let refused_at = loop {
+        match acquire(&store, "fresh").await {
+            Err(LockError::Unavailable(why)) if why.contains("--failover-quarantine") => {
+                break Instant::now();
+            }
+            Err(LockError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("a fresh resource after the promotion answered {other:?}"),
+        }
+    };
+    // The first confirmation may meet a connection to the old primary.
+    let renewed = loop {
+        match store.renew(&held_lock, "topologies", None, &CALLER).await.0 {
+            Ok(lease) => break lease,
+            Err(LockError::Unavailable(_)) if refused_at.elapsed() < QUARANTINE / 2 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("a surviving lease did not renew in the quarantine: {other:?}"),
+        }
+    };
+    assert_eq!(renewed.fencing_token, held.fencing_token);
+    match acquire(&store, "fresh").await {
+        Err(LockError::Unavailable(why)) => assert!(why.contains("--failover-quarantine")),
+        other => panic!("a fresh resource beside the renewal answered {other:?}"),
+    }
+    let granted = loop {
+        match acquire(&store, "fresh").await {
+            Ok(lease) => break lease,
+            Err(LockError::Unavailable(_)) if refused_at.elapsed() < QUARANTINE * 3 => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("after the quarantine a fresh resource answered {other:?}"),
+        }
+    };
+    // The quarantine began at or before the first refusal.
+    assert!(
+        refused_at.elapsed() >= QUARANTINE - Duration::from_millis(1_000),
+        "granted {:?} after the first refusal, inside a {QUARANTINE:?} quarantine",
+        refused_at.elapsed()
+    );
+    assert!(granted.fencing_token > held.fencing_token);
+}
