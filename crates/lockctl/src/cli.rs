@@ -60,11 +60,15 @@ pub enum Command {
     /// End a lease.
     Release {
         /// The lock_id printed by `acquire`.
+        // Lock ids are base64url, so one in 64 starts with '-'.
+        #[arg(allow_hyphen_values = true)]
         lock_id: String,
     },
     /// Extend a lease to now + ttl.
     Renew {
         /// The lock_id printed by `acquire`.
+        // Lock ids are base64url, so one in 64 starts with '-'.
+        #[arg(allow_hyphen_values = true)]
         lock_id: String,
         /// New time to live, e.g. 30s or 1500ms [default: the lease's own ttl].
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -73,6 +77,8 @@ pub enum Command {
     /// Show a live lease by its lock_id.
     Status {
         /// The lock_id printed by `acquire`.
+        // Lock ids are base64url, so one in 64 starts with '-'.
+        #[arg(allow_hyphen_values = true)]
         lock_id: String,
     },
     /// List the live leases of a client id.
@@ -226,6 +232,22 @@ mod tests {
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.endpoint, "http://localhost:9");
+    }
+
+    #[test]
+    fn a_lock_id_may_start_with_a_dash() {
+        for command in ["release", "status", "renew"] {
+            let cli = Cli::try_parse_from(["lockctl", command, "-Ux2_a", "--json"])
+                .unwrap_or_else(|e| panic!("{command}: {e}"));
+            let (Command::Release { lock_id }
+            | Command::Status { lock_id }
+            | Command::Renew { lock_id, .. }) = cli.command
+            else {
+                panic!("{command} parsed as another command")
+            };
+            assert_eq!(lock_id, "-Ux2_a");
+            assert!(cli.json);
+        }
     }
 
     #[test]
