@@ -553,8 +553,8 @@ async fn cluster_follows_a_slot_moved_to_another_primary_while_a_lease_is_held()
     );
 }
 
-/// A store starts while one shard's primary is down (not the shard of the
-/// layout marker, which a start reads) and serves the other shards at
+/// A store starts while one shard's primary is down (not the shards of the
+/// layout marker and of the earlier layout's key, which a first start reads) and serves the other shards at
 /// once; the down shard's resources fail UNAVAILABLE within the timeout
 /// rather than hang, and are served once its replica has taken over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,11 +570,16 @@ async fn cluster_store_starts_and_serves_with_one_primary_down() {
             .await
             .unwrap()
     };
+    // A first start reads the layout marker and looks for an earlier
+    // layout's keys: their shards must be up.
     let marker = cluster.primary_of(slot_of(&ns.layout()).await).unwrap();
+    let old_layout = cluster
+        .primary_of(slot_of(&ns.previous_layout_stats()).await)
+        .unwrap();
     let victim = cluster
         .shards()
         .into_iter()
-        .find(|s| s.primary != marker)
+        .find(|s| s.primary != marker && s.primary != old_layout)
         .unwrap();
     let names: Vec<String> = (0..40).map(|i| format!("down-{i}")).collect();
     let mut on_victim = None;
