@@ -99,6 +99,17 @@ async fn acquire_until_granted(store: &RedisStore, name: &str) -> String {
     unreachable!()
 }
 
+/// Releases `lease`, then takes its resource again: the token is larger.
+async fn released_then_granted_higher(store: &RedisStore, lock: &LockId, lease: &Lease) {
+    store
+        .release(lock, "topologies", &CALLER)
+        .await
+        .0
+        .expect("release");
+    let next = acquire(store, &lock.resource).await.unwrap();
+    assert!(next.fencing_token > lease.fencing_token);
+}
+
 /// A direct async connection to one node, for looking at keys.
 async fn node(addr: SocketAddr) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://{addr}"))
@@ -540,13 +551,7 @@ async fn cluster_follows_a_slot_moved_to_another_primary_while_a_lease_is_held()
         lease.fencing_token
     );
     refused("after the move").await;
-    store
-        .release(&lock, "topologies", &CALLER)
-        .await
-        .0
-        .expect("release after the move");
-    let next = acquire(&store, "moving").await.unwrap();
-    assert!(next.fencing_token > lease.fencing_token);
+    released_then_granted_higher(&store, &lock, &lease).await;
     assert!(
         exists(to, &key).await,
         "the new lease is not on the new owner"
@@ -745,13 +750,7 @@ async fn a_lease_renewed_on_a_server_whose_clock_is_behind_stays_readable() {
         moved.get(&lock).await.unwrap().fencing_token,
         lease.fencing_token
     );
-    moved
-        .release(&lock, "topologies", &CALLER)
-        .await
-        .0
-        .expect("release");
-    let next = acquire(&moved, "carried").await.unwrap();
-    assert!(next.fencing_token > lease.fencing_token);
+    released_then_granted_higher(&moved, &lock, &lease).await;
 }
 
 /// After a Sentinel promotion the new primary's resources grant nothing

@@ -136,17 +136,21 @@ fn map_is_stale(result: &RedisResult<Value>) -> bool {
                     ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain)
                 )
         }
-        Ok(Value::ServerError(err)) => matches!(
-            err.kind(),
-            Some(
-                ServerErrorKind::ReadOnly
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::Moved
-                    | ServerErrorKind::MasterDown
-            )
-        ),
-        Ok(_) => false,
+        Ok(value) => reply_is_stale(value),
     }
+}
+
+/// [`map_is_stale`] for one reply of a pipeline.
+fn reply_is_stale(value: &Value) -> bool {
+    matches!(value, Value::ServerError(err) if matches!(
+        err.kind(),
+        Some(
+            ServerErrorKind::ReadOnly
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::MasterDown
+        )
+    ))
 }
 
 fn unserved(slot: u16) -> RedisError {
@@ -724,9 +728,10 @@ impl Cluster {
                 false => (0, commands.len()),
             };
             let result = shard.lane(pick).pipeline(pipeline, from, n, None).await;
-            if result.as_ref().map_or(true, |values| {
-                values.iter().any(|v| map_is_stale(&Ok(v.clone())))
-            }) {
+            if result
+                .as_ref()
+                .map_or(true, |values| values.iter().any(reply_is_stale))
+            {
                 self.refresh_soon();
             }
             if pipeline.is_transaction() {
@@ -765,7 +770,7 @@ impl Cluster {
                 }
             };
             for (&i, value) in members.iter().zip(reply) {
-                stale |= map_is_stale(&Ok(value.clone()));
+                stale |= reply_is_stale(&value);
                 values[i] = value;
             }
         }
@@ -817,9 +822,10 @@ impl Cluster {
             .lane(pick)
             .pipeline(pipeline, 0, count, Some(response_timeout))
             .await;
-        if result.as_ref().map_or(true, |values| {
-            values.iter().any(|v| map_is_stale(&Ok(v.clone())))
-        }) {
+        if result
+            .as_ref()
+            .map_or(true, |values| values.iter().any(reply_is_stale))
+        {
             self.refresh_soon();
         }
         result
