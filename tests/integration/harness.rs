@@ -84,6 +84,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with these flags (besides --listen).
     pub async fn start(args: &[&str]) -> Daemon {
+        log_to_test_output();
         let config =
             Config::try_parse_from(["lockd"].iter().chain(args)).expect("valid test flags");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -92,17 +93,24 @@ impl Daemon {
         let task = tokio::spawn(lockd::server::run(listener, config, async move {
             let _ = stopped.await;
         }));
-        let daemon = Daemon {
+        let mut daemon = Daemon {
             addr,
             stop: Some(stop),
             task: Some(task),
         };
+        // Reaching Redis, its checks and the notification probe can take
+        // seconds on a loaded machine, and several tries when another test's
+        // Cluster or Sentinel group starves a 250 ms --redis-timeout.
+        let started = eventually(Duration::from_secs(60), || async {
+            serving(addr).await || daemon.task.as_ref().is_some_and(JoinHandle::is_finished)
+        })
+        .await;
+        if let Some(task) = daemon.task.take_if(|t| t.is_finished()) {
+            panic!("daemon stopped before serving: {:?}", task.await);
+        }
         assert!(
-            // Reaching Redis, its checks and the notification probe can take
-            // seconds on a loaded machine, and several tries when another
-            // test's Cluster or Sentinel group starves a 250 ms --redis-timeout.
-            eventually(Duration::from_secs(60), || serving(addr)).await,
-            "daemon did not start serving within 60 s"
+            started,
+            "daemon did not start serving within 60 s; its warnings are above"
         );
         daemon
     }
@@ -130,6 +138,19 @@ impl Drop for Daemon {
             task.abort();
         }
     }
+}
+
+/// Sends in-process daemons' warnings to the output of the test that
+/// started them, which the test runner shows when that test fails.
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A daemon as a child process, for tests that kill it.

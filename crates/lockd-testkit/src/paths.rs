@@ -60,6 +60,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // For reading the servers' logs after a failed run.
+        if std::env::var_os("LOCKD_TESTKIT_KEEP").is_some() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
