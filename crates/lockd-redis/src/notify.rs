@@ -25,6 +25,13 @@ use crate::keys::Namespace;
 /// keyspace notifications do not arrive.
 const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How many times a probe writes its key before it concludes that events do
+/// not arrive, when CONFIG showed the flags set. On a loaded machine an
+/// event has been seen to miss one round's patience although the flags were
+/// on; a server whose flags CONFIG cannot show gets one round, since missing
+/// flags are then the likely cause and the daemon should say so at once.
+const PROBE_ROUNDS: u32 = 3;
+
 /// A hint from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -580,41 +587,58 @@ impl Inner {
         })
         .await?;
         let mut control = self.control.conn();
-        // hset, del, zadd and expire; the key lives one millisecond at most.
-        self.control
-            .bounded(
-                redis::pipe()
-                    .atomic()
-                    .hset(key, "probe", 1)
-                    .ignore()
-                    .del(key)
-                    .ignore()
-                    .zadd(key, "probe", 1)
-                    .ignore()
-                    .pexpire(key, 1)
-                    .ignore()
-                    .query_async::<()>(&mut control),
-            )
-            .await?;
-        tokio::time::sleep(PROBE_EXPIRY_WAIT).await;
-        // Reading an expired key removes it, with an `expired` event.
-        self.control
-            .bounded(
-                redis::cmd("EXISTS")
-                    .arg(key)
-                    .query_async::<i64>(&mut control),
-            )
-            .await?;
+        let rounds = match check {
+            ConfigCheck::Unavailable(_) => 1,
+            _ => PROBE_ROUNDS,
+        };
         // Events arrive within milliseconds; on a loaded machine they may take
         // longer than one call's timeout, and a probe that gives up too soon
         // would stop a daemon whose Redis is fine.
         let patience = self.timeout.max(PROBE_PATIENCE);
-        let deadline = tokio::time::Instant::now() + patience;
         let mut seen = Vec::new();
-        while !flags::unseen_flags(&seen).is_empty() {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(event)) => seen.push(event),
-                Ok(None) | Err(_) => break,
+        for round in 1..=rounds {
+            if round > 1 {
+                tracing::warn!(
+                    %key,
+                    unseen = ?flags::unseen_flags(&seen),
+                    round,
+                    "keyspace events of a probe write did not arrive in time; probing again"
+                );
+            }
+            // hset, del, zadd and expire; the key lives one millisecond at most.
+            self.control
+                .bounded(
+                    redis::pipe()
+                        .atomic()
+                        .hset(key, "probe", 1)
+                        .ignore()
+                        .del(key)
+                        .ignore()
+                        .zadd(key, "probe", 1)
+                        .ignore()
+                        .pexpire(key, 1)
+                        .ignore()
+                        .query_async::<()>(&mut control),
+                )
+                .await?;
+            tokio::time::sleep(PROBE_EXPIRY_WAIT).await;
+            // Reading an expired key removes it, with an `expired` event.
+            self.control
+                .bounded(
+                    redis::cmd("EXISTS")
+                        .arg(key)
+                        .query_async::<i64>(&mut control),
+                )
+                .await?;
+            let deadline = tokio::time::Instant::now() + patience;
+            while !flags::unseen_flags(&seen).is_empty() {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Some(event)) => seen.push(event),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if flags::unseen_flags(&seen).is_empty() {
+                break;
             }
         }
         let unseen = flags::unseen_flags(&seen);
@@ -633,7 +657,7 @@ impl Inner {
                 flags: NOTIFY_FLAGS.to_owned(),
                 unseen,
                 key: key.to_owned(),
-                within: patience,
+                within: patience * rounds,
             },
         })
     }

@@ -68,20 +68,6 @@ async fn noticed_soon(rx: &mut mpsc::UnboundedReceiver<Notice>, resource: &str) 
     .is_ok()
 }
 
-/// The notifier's probe passes. Its `expired` event comes when Redis' expiry
-/// cycle removes the probe key, which a loaded machine can delay past one
-/// probe's patience: up to three probes.
-async fn events_arrive(notifier: &lockd_redis::Notifier) {
-    let mut last = None;
-    for _ in 0..3 {
-        match notifier.ensure_events().await {
-            Ok(_) => return,
-            Err(err) => last = Some(err),
-        }
-    }
-    panic!("keyspace events did not arrive in three probes: {last:?}");
-}
-
 /// Acquires fresh resources until one is granted; every failure meanwhile
 /// must be UNAVAILABLE. Returns the granted resource.
 async fn acquire_until_granted(store: &RedisStore, name: &str) -> String {
@@ -199,7 +185,10 @@ async fn sentinel_store_follows_a_killed_primary() {
     let store = RedisStore::connect(&options(&group.url())).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let notifier = store.notifier(tx).await.unwrap().probing();
-    events_arrive(&notifier).await;
+    notifier
+        .ensure_events()
+        .await
+        .expect("keyspace events arrive");
     let first = acquire_until_granted(&store, "first").await;
     let old = group.primary_addr();
     assert!(exists(old, &store.namespace().resource(&first).holders).await);
@@ -361,7 +350,10 @@ async fn cluster_notices_come_from_every_shard_and_survive_a_failover() {
     let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let notifier = store.notifier(tx).await.unwrap().probing();
-    events_arrive(&notifier).await;
+    notifier
+        .ensure_events()
+        .await
+        .expect("keyspace events arrive");
     let names: Vec<String> = (0..30).map(|i| format!("res-{i}")).collect();
     let watched = by_shard(&cluster, &store, &names).await;
     for name in &watched {
