@@ -811,3 +811,72 @@ async fn a_sentinel_promotion_quarantines_new_grants_but_not_renewals() {
     );
     assert!(granted.fencing_token > held.fencing_token);
 }
+
+/// A one-node cluster names itself with an empty host in `CLUSTER SLOTS`:
+/// the store takes that for the node it asked, and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_cluster_that_names_itself_with_an_empty_host_serves() {
+    let cluster = RedisCluster::start_single();
+    let addr = cluster.addrs()[0];
+    let slots: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node(addr).await)
+        .await
+        .unwrap();
+    let host = match &slots {
+        redis::Value::Array(ranges) => match ranges.first() {
+            Some(redis::Value::Array(range)) => range.get(2).cloned(),
+            _ => None,
+        },
+        _ => None,
+    };
+    assert!(
+        matches!(&host, Some(redis::Value::Array(n)) if n.first() == Some(&redis::Value::BulkString(Vec::new()))),
+        "the node does not name itself with an empty host: {slots:?}"
+    );
+    let store = RedisStore::connect(&options(&cluster.url()))
+        .await
+        .expect("a store on a one-node cluster");
+    store.ping().await.expect("ping");
+    let lease = acquire(&store, "alone").await.expect("a grant");
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    released_then_granted_higher(&store, &lock, &lease).await;
+    assert!(exists(addr, &store.namespace().resource("alone").holders).await);
+}
+
+/// Under `cluster-require-full-coverage yes`, a shard lost with its replica
+/// puts every node in state `fail`: they still answer ROLE and PING but
+/// refuse every key, so the store's ping fails (the daemon goes
+/// NOT_SERVING) rather than report a cluster that serves nothing as up. It
+/// passes again once the shard is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_in_state_fail_does_not_pass_the_ping() {
+    let mut cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    store.ping().await.expect("ping of a healthy cluster");
+    cluster.require_full_coverage(true);
+    let shard = cluster.shards()[0].clone();
+    for addr in shard.replicas.iter().chain([&shard.primary]) {
+        cluster.kill_node(*addr);
+    }
+    cluster.wait_failed();
+    // The other primaries answer ROLE master; the state is what fails.
+    for other in cluster
+        .shards()
+        .iter()
+        .filter(|s| s.primary != shard.primary)
+    {
+        assert_eq!(role(other.primary).await, "master");
+    }
+    wait_ping(async || store.ping().await, false).await;
+    match acquire(&store, "covered").await {
+        Err(LockError::Unavailable(_)) => {}
+        other => panic!("a cluster in state fail answered {other:?}"),
+    }
+    for addr in [&shard.primary].into_iter().chain(&shard.replicas) {
+        cluster.restart_node(*addr);
+    }
+    cluster.wait_ok();
+    wait_ping(async || store.ping().await, true).await;
+    acquire_until_granted(&store, "covered-again").await;
+}

@@ -1,4 +1,5 @@
-//! A Redis Cluster of three primaries and three replicas on loopback.
+//! A Redis Cluster on loopback: three primaries and three replicas, or one
+//! node alone.
 //!
 //! A one-second node timeout lets a killed primary fail over in seconds.
 
@@ -21,7 +22,7 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of hash slots of every Redis Cluster.
 const SLOTS: usize = 16384;
 
-/// Six cluster nodes, all killed on drop.
+/// Cluster nodes (six, or one), all killed on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -82,7 +83,25 @@ impl RedisCluster {
         cluster
     }
 
-    /// All six nodes, in start order (not in current roles).
+    /// One node that serves every slot itself and has never met another
+    /// node: its `CLUSTER SLOTS` names its own endpoint with an empty host.
+    /// Waits until it reports the cluster ok.
+    pub fn start_single() -> RedisCluster {
+        let node = start_node();
+        let addr = node.addr();
+        let mut c = probe(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(SLOTS - 1)
+            .query(&mut c)
+            .unwrap_or_else(|e| panic!("CLUSTER ADDSLOTSRANGE on {addr}: {e}"));
+        let cluster = RedisCluster { nodes: vec![node] };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// All nodes, in start order (not in current roles).
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
@@ -126,6 +145,49 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("the cluster names {primary}, which is not one of its nodes"))
             .kill();
         primary
+    }
+
+    /// kill -9 of the node at `addr`, whatever its role.
+    pub fn kill_node(&mut self, addr: SocketAddr) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
+            .kill();
+    }
+
+    /// `cluster-require-full-coverage` on every live node: with `yes`, a
+    /// slot without a primary puts the whole cluster in state `fail`.
+    pub fn require_full_coverage(&self, required: bool) {
+        for node in self.live() {
+            let addr = node.addr();
+            let _: () = probe(addr)
+                .and_then(|mut c| {
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("cluster-require-full-coverage")
+                        .arg(if required { "yes" } else { "no" })
+                        .query(&mut c)
+                })
+                .unwrap_or_else(|e| panic!("CONFIG SET on {addr}: {e}"));
+        }
+    }
+
+    /// Waits until every live node reports `cluster_state:fail`.
+    pub fn wait_failed(&self) {
+        let failed = wait::until(FAILOVER_TIMEOUT, || {
+            self.live()
+                .all(|n| {
+                    probe(n.addr())
+                        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                        .is_ok_and(|text| text.contains("cluster_state:fail"))
+                })
+                .then_some(())
+        });
+        assert!(
+            failed.is_some(),
+            "the cluster did not report state fail on every live node within {FAILOVER_TIMEOUT:?}"
+        );
     }
 
     /// Starts the killed node at `addr` again with its data folder; it
