@@ -880,3 +880,43 @@ async fn a_cluster_in_state_fail_does_not_pass_the_ping() {
     wait_ping(async || store.ping().await, true).await;
     acquire_until_granted(&store, "covered-again").await;
 }
+
+/// A slot moving to a primary that has just joined and serves no slot yet:
+/// `CLUSTER SLOTS` leaves it out, so only the owner's ASK names it. A
+/// one-key read of a lease whose keys moved there follows the ASK to that
+/// node, which has none of lockd's scripts yet; once the move ends, the
+/// lease is renewed and released there, and the next token is larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_follows_an_ask_to_a_new_primary_the_map_does_not_list() {
+    let mut cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    let lease = acquire(&store, "asked").await.unwrap();
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    let key = store.namespace().resource("asked").holders;
+    let slot = lockd_redis::conn::key_slot(key.as_bytes());
+    let new = cluster.add_primary();
+    assert!(cluster.shards().iter().all(|s| s.primary != new));
+    cluster.begin_slot_move(slot, new);
+    cluster.migrate_keys(slot, new);
+    // An importing node answers plain commands with MOVED: count instead.
+    let keys_on_new: i64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut node(new).await)
+        .await
+        .unwrap();
+    assert!(keys_on_new > 0, "the lease's keys are on {new}");
+    let read = store
+        .get(&lock)
+        .await
+        .expect("a read that the owner answers with ASK to the new primary");
+    assert_eq!(read.fencing_token, lease.fencing_token);
+    cluster.finish_slot_move(slot, new);
+    let renewed = store.renew(&lock, "topologies", None, &CALLER).await.0;
+    assert_eq!(
+        renewed.expect("a renewal after the move").fencing_token,
+        lease.fencing_token
+    );
+    released_then_granted_higher(&store, &lock, &lease).await;
+    assert!(exists(new, &key).await, "the new lease is on {new}");
+}

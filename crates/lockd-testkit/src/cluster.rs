@@ -147,6 +147,47 @@ impl RedisCluster {
         primary
     }
 
+    /// Starts one more node and joins it as a primary with no slots, the way
+    /// `redis-cli --cluster add-node` does; waits until every node knows
+    /// every other and reports the cluster ok. `CLUSTER SLOTS` leaves it
+    /// out until it serves a slot.
+    /// Returns its address.
+    pub fn add_primary(&mut self) -> SocketAddr {
+        let node = start_node();
+        let addr = node.addr();
+        let seed = self
+            .live()
+            .next()
+            .map(RedisServer::addr)
+            .unwrap_or_else(|| panic!("no live node to join {addr} to"));
+        let mut c = probe(seed).unwrap_or_else(|e| panic!("connecting to {seed}: {e}"));
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg(addr.ip().to_string())
+            .arg(addr.port())
+            .arg(cluster_port(addr))
+            .query(&mut c)
+            .unwrap_or_else(|e| panic!("CLUSTER MEET {addr} on {seed}: {e}"));
+        self.nodes.push(node);
+        let everyone = self.live().count();
+        let joined = wait::until(CREATE_TIMEOUT, || {
+            self.live()
+                .all(|n| {
+                    cluster_nodes(n.addr()).is_some_and(|text| {
+                        text.lines().count() == everyone && !text.contains("handshake")
+                    })
+                })
+                .then_some(())
+        });
+        assert!(
+            joined.is_some(),
+            "{addr} did not join the cluster within {CREATE_TIMEOUT:?}"
+        );
+        // A node that just joined refuses keys until it has seen the map.
+        self.wait_ok();
+        addr
+    }
+
     /// kill -9 of the node at `addr`, whatever its role.
     pub fn kill_node(&mut self, addr: SocketAddr) {
         self.nodes
@@ -367,6 +408,22 @@ fn start_node() -> RedisServer {
         args
     })
     .unwrap_or_else(|| panic!("redis-server is not installed (apt-get install redis-server)"))
+}
+
+/// The cluster bus port of the node at `addr` (`cluster-port`).
+fn cluster_port(addr: SocketAddr) -> u16 {
+    let value: Vec<String> = probe(addr)
+        .and_then(|mut c| {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("cluster-port")
+                .query(&mut c)
+        })
+        .unwrap_or_else(|e| panic!("CONFIG GET cluster-port on {addr}: {e}"));
+    value
+        .get(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr} answered cluster-port {value:?}"))
 }
 
 /// `CLUSTER SETSLOT slot <how...>` on the node at `addr`.

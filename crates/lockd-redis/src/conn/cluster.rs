@@ -615,14 +615,21 @@ impl Cluster {
             return Err(unserved(0));
         }
         match command_name(cmd).as_slice() {
-            b"INFO" | b"SCRIPT" => {
+            name @ (b"INFO" | b"SCRIPT") => {
+                let mut shards = table.shards.clone();
+                if name == b"SCRIPT" {
+                    // A node that a redirect named before the map does (a new
+                    // primary importing its first slot) runs scripts too, and
+                    // the NOSCRIPT that asked for this load may be its.
+                    shards.extend(lock(&self.redirected).iter().map(|(s, _)| Arc::clone(s)));
+                }
                 let replies = futures::future::join_all(
-                    table.shards.iter().map(|s| self.on_connected(s, pick, cmd)),
+                    shards.iter().map(|s| self.on_connected(s, pick, cmd)),
                 )
                 .await;
                 let mut answered = Vec::new();
                 let mut first_error = None;
-                for (shard, reply) in table.shards.iter().zip(replies) {
+                for (shard, reply) in shards.iter().zip(replies) {
                     let Some(reply) = reply else {
                         // Down or reconnecting: no reply to count, and a
                         // script it lacks is loaded on its first NOSCRIPT.
