@@ -136,10 +136,12 @@ impl StoreError {
 
 /// Whether an error says the script itself went wrong: Redis reports a Lua
 /// runtime error as `ERR user_script:<line>: …` (or `ERR Error running
-/// script …`), and a command the script called on a key of the wrong type as
-/// `WRONGTYPE`.
+/// script …`), a command the script called on a key of the wrong type as
+/// `WRONGTYPE`, and keys of more than one slot as `CROSSSLOT` (our keys'
+/// hash tags are wrong: a bug, whichever node answers).
 fn is_script_failure(err: &redis::RedisError) -> bool {
     match err.kind() {
+        ErrorKind::Server(ServerErrorKind::CrossSlot) => true,
         ErrorKind::Server(ServerErrorKind::ResponseError) => {
             err.detail().is_some_and(|detail| detail.contains("script"))
         }
@@ -156,5 +158,43 @@ impl From<StoreError> for LockError {
             err @ StoreError::Script { .. } => LockError::Internal(err.to_string()),
             other => LockError::Unavailable(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(text: &str) -> redis::RedisError {
+        match redis::parse_redis_value(text.as_bytes()) {
+            Ok(redis::Value::ServerError(err)) => err.into(),
+            other => panic!("{text:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn our_scripts_failing_are_internal_and_redis_refusing_is_unavailable() {
+        let internal = |text: &str| {
+            matches!(
+                LockError::from(StoreError::from_script("acquire", server_error(text))),
+                LockError::Internal(_)
+            )
+        };
+        assert!(internal(
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        ));
+        assert!(internal(
+            "-ERR user_script:3: Script attempted to access nonexistent global variable\r\n"
+        ));
+        assert!(internal(
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        ));
+        assert!(!internal(
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n"
+        ));
+        assert!(!internal("-CLUSTERDOWN The cluster is down\r\n"));
+        assert!(!internal(
+            "-READONLY You can't write against a read only replica.\r\n"
+        ));
     }
 }
