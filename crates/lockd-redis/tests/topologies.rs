@@ -920,3 +920,82 @@ async fn cluster_follows_an_ask_to_a_new_primary_the_map_does_not_list() {
     released_then_granted_higher(&store, &lock, &lease).await;
     assert!(exists(new, &key).await, "the new lease is on {new}");
 }
+
+/// Scripts reach the primary that needs them while another primary is
+/// frozen: a first load need not reach every primary, and a primary that
+/// lost lockd's scripts (SCRIPT FLUSH; a restarted node or a promoted
+/// replica may have none) is given them on its NOSCRIPT. The frozen shard
+/// holds up nobody else's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_reach_a_primary_while_another_is_frozen() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&options(&cluster.url())).await.unwrap();
+    let shards = cluster.shards();
+    let (served, frozen) = (shards[0].primary, shards[1].primary);
+    let on_served: Vec<String> = (0..200)
+        .map(|i| format!("served-{i}"))
+        .filter(|name| {
+            let key = store.namespace().resource(name).holders;
+            cluster.primary_of(lockd_redis::conn::key_slot(key.as_bytes())) == Some(served)
+        })
+        .take(2)
+        .collect();
+    let frozen_node = cluster.nodes().iter().find(|n| n.addr() == frozen).unwrap();
+    frozen_node.pause();
+    let granted = async |name: &str, what: &str| {
+        let sent = Instant::now();
+        let granted = acquire(&store, name).await;
+        let took = sent.elapsed();
+        if let Err(err) = granted {
+            frozen_node.resume();
+            panic!("{what}: {err:?}");
+        }
+        assert!(took < TIMEOUT * 2, "{what} took {took:?}");
+    };
+    granted(&on_served[0], "the first grant, its script loaded then").await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut node(served).await)
+        .await
+        .unwrap();
+    granted(&on_served[1], "a grant after SCRIPT FLUSH").await;
+    frozen_node.resume();
+}
+
+/// With `--min-replicas-ack 1`, a grant right after its slot moved to
+/// another primary is confirmed there: the confirmation runs on connections
+/// with a slot map of their own, which may still name the old owner, and
+/// follows that owner's MOVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_confirms_a_grant_right_after_its_slot_moved() {
+    let cluster = RedisCluster::start();
+    let mut opts = options(&cluster.url());
+    opts.min_replicas_ack = 1;
+    opts.replicas_timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&opts).await.unwrap();
+    let lease = acquire(&store, "confirmed")
+        .await
+        .expect("a confirmed grant");
+    let lock = LockId::parse(&lease.lock_id).unwrap();
+    store
+        .release(&lock, "topologies", &CALLER)
+        .await
+        .0
+        .expect("release");
+    let key = store.namespace().resource("confirmed").holders;
+    let slot = lockd_redis::conn::key_slot(key.as_bytes());
+    let from = cluster.primary_of(slot).unwrap();
+    let to = cluster
+        .shards()
+        .iter()
+        .map(|s| s.primary)
+        .find(|p| *p != from)
+        .unwrap();
+    cluster.begin_slot_move(slot, to);
+    cluster.migrate_keys(slot, to);
+    cluster.finish_slot_move(slot, to);
+    let again = acquire(&store, "confirmed")
+        .await
+        .expect("a confirmed grant right after the move");
+    assert!(again.fencing_token > lease.fencing_token);
+}

@@ -108,7 +108,10 @@ enum Redirect {
     Ask { host: String, port: u16 },
 }
 
-fn redirect_of(value: &Value) -> Option<Redirect> {
+/// `answered` is the host of the node that replied: Redis names a node whose
+/// endpoint it does not know with an empty host (`MOVED 3999 :7001`), which
+/// means that node's own host.
+fn redirect_of(value: &Value, answered: &str) -> Option<Redirect> {
     let Value::ServerError(err) = value else {
         return None;
     };
@@ -118,6 +121,7 @@ fn redirect_of(value: &Value) -> Option<Redirect> {
     }
     let target = err.details()?.split_ascii_whitespace().nth(1)?;
     let (host, port) = target.rsplit_once(':')?;
+    let host = if host.is_empty() { answered } else { host };
     let (host, port) = (host.to_owned(), port.parse().ok()?);
     Some(match kind {
         ServerErrorKind::Moved => Redirect::Moved { host, port },
@@ -275,6 +279,11 @@ pub(crate) struct Cluster {
     redirected: Mutex<Vec<(Arc<Shard>, Instant)>>,
     /// The shards the last [`Cluster::ping`] could not reach, to log changes only.
     failing: Mutex<Vec<String>>,
+    /// The body of every script a SCRIPT LOAD went through, by SHA1: a
+    /// node that answers EVALSHA with NOSCRIPT (one that missed the load,
+    /// a promoted replica, a new primary a redirect named) is given the
+    /// script itself, so that no load has to reach every primary at once.
+    scripts: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Cluster {
@@ -296,6 +305,7 @@ impl Cluster {
             refreshed: tokio::sync::Mutex::new(None),
             redirected: Mutex::new(Vec::new()),
             failing: Mutex::new(Vec::new()),
+            scripts: Mutex::new(HashMap::new()),
         });
         cluster.refresh(Duration::ZERO).await?;
         let table = cluster.table();
@@ -381,8 +391,8 @@ impl Cluster {
     /// The slot map most connected primaries report (the first one's on a
     /// tie), each asked within half the timeout: an old primary cut off in
     /// a minority still names itself, and must not win by answering first.
-    /// With no connected primary answering, the first answer of a fresh
-    /// connection to a node of the last map or a seed.
+    /// With no connected primary answering, the first answer to arrive from
+    /// a fresh connection to a node of the last map or a seed.
     async fn read_slots(&self) -> Result<SlotsReply, StoreError> {
         let table = self.table();
         let bound = self.timeout / 2;
@@ -421,10 +431,13 @@ impl Cluster {
             .map(|(host, port)| with_host(&self.template, host, *port))
             .collect();
         nodes.extend(self.seeds.iter().cloned());
+        // Half the timeout each, so that both phases fit the read's bound.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let fresh: Vec<BoxFuture<'_, Result<SlotsReply, StoreError>>> = nodes
+            .set_connection_timeout(Some(bound))
+            .set_response_timeout(Some(bound));
+        let mut fresh: futures::stream::FuturesUnordered<
+            BoxFuture<'_, Result<SlotsReply, StoreError>>,
+        > = nodes
             .into_iter()
             .map(|info| {
                 let config = config.clone();
@@ -444,14 +457,15 @@ impl Cluster {
                 .boxed()
             })
             .collect();
-        let answers = futures::future::join_all(fresh).await;
-        let mut first_error = None;
-        for answer in answers {
+        // The first that answers, not the first in the list: one node that
+        // takes the connection and then stalls must not hold up the others.
+        while let Some(answer) = futures::StreamExt::next(&mut fresh).await {
             match answer {
                 Ok(view) => return Ok(view),
                 Err(err) => errors.push(err),
             }
         }
+        let mut first_error = None;
         // A refused password says more than a node that is down.
         for err in errors {
             if !super::is_unreachable(&err) {
@@ -546,24 +560,79 @@ impl Cluster {
     }
 
     async fn on_slot(self: &Arc<Self>, pick: usize, slot: u16, cmd: &Cmd) -> RedisResult<Value> {
-        let shard = self.shard_of(slot)?;
-        let mut result = shard.lane(pick).command(cmd).await;
+        let mut target = self.shard_of(slot).inspect_err(|_| self.refresh_soon())?;
+        let mut asking = false;
+        let mut result = target.lane(pick).command(cmd).await;
         if map_is_stale(&result) {
-            match result.as_ref().ok().and_then(redirect_of) {
+            match result
+                .as_ref()
+                .ok()
+                .and_then(|v| redirect_of(v, &target.host))
+            {
                 Some(Redirect::Moved { host, port }) => {
                     // The node that answered knows the owner; the map is
                     // read again meanwhile, for the commands after this one.
                     self.refresh_soon();
-                    let owner = self.shard_at(&host, port)?;
-                    result = owner.lane(pick).command(cmd).await;
+                    target = self.shard_at(&host, port)?;
+                    result = target.lane(pick).command(cmd).await;
                 }
                 _ => self.refresh_soon(),
             }
         }
-        if let Some(Redirect::Ask { host, port }) = result.as_ref().ok().and_then(redirect_of) {
-            result = self.asking(pick, &host, port, cmd).await;
+        if let Some(Redirect::Ask { host, port }) = result
+            .as_ref()
+            .ok()
+            .and_then(|v| redirect_of(v, &target.host))
+        {
+            target = self.shard_at(&host, port)?;
+            asking = true;
+            result = self.asking(&target, pick, cmd).await;
+        }
+        let no_script = matches!(&result, Ok(Value::ServerError(err))
+            if err.kind() == Some(ServerErrorKind::NoScript));
+        if let Some(body) = no_script.then(|| self.script_body(cmd)).flatten() {
+            // The script did not run: load it on the node that lacks it and
+            // send the call once more.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(body);
+            if let Value::ServerError(err) = target.lane(pick).command(&load).await? {
+                return Err(err.into());
+            }
+            result = match asking {
+                true => self.asking(&target, pick, cmd).await,
+                false => target.lane(pick).command(cmd).await,
+            };
         }
         result
+    }
+
+    /// The body of the script an EVALSHA names, if a SCRIPT LOAD of it went
+    /// through this cluster.
+    fn script_body(&self, cmd: &Cmd) -> Option<Vec<u8>> {
+        if command_name(cmd) != b"EVALSHA" {
+            return None;
+        }
+        let Some(Arg::Simple(sha)) = cmd.args_iter().nth(1) else {
+            return None;
+        };
+        let sha = String::from_utf8_lossy(sha).to_ascii_lowercase();
+        lock(&self.scripts).get(&sha).cloned()
+    }
+
+    /// Keeps the body of a SCRIPT LOAD that a node answered with `sha`.
+    fn remember_script(&self, cmd: &Cmd, sha: &Value) {
+        let mut args = cmd.args_iter().skip(1);
+        let (Some(Arg::Simple(sub)), Some(Arg::Simple(body))) = (args.next(), args.next()) else {
+            return;
+        };
+        let sha = match sha {
+            Value::BulkString(b) => String::from_utf8_lossy(b).to_ascii_lowercase(),
+            Value::SimpleString(s) => s.to_ascii_lowercase(),
+            _ => return,
+        };
+        if sub.eq_ignore_ascii_case(b"LOAD") {
+            lock(&self.scripts).insert(sha, body.to_vec());
+        }
     }
 
     /// The shard of the node at `host:port` that a MOVED or ASK names: the
@@ -601,8 +670,7 @@ impl Cluster {
     }
 
     /// A command for a slot being migrated, on the node the slot moves to.
-    async fn asking(&self, pick: usize, host: &str, port: u16, cmd: &Cmd) -> RedisResult<Value> {
-        let shard = self.shard_at(host, port)?;
+    async fn asking(&self, shard: &Shard, pick: usize, cmd: &Cmd) -> RedisResult<Value> {
         let mut pipe = redis::pipe();
         pipe.cmd("ASKING").ignore().add_command(cmd.clone());
         let mut replies = shard.lane(pick).pipeline(&pipe, 0, 2, None).await?;
@@ -615,24 +683,17 @@ impl Cluster {
             return Err(unserved(0));
         }
         match command_name(cmd).as_slice() {
-            name @ (b"INFO" | b"SCRIPT") => {
-                let mut shards = table.shards.clone();
-                if name == b"SCRIPT" {
-                    // A node that a redirect named before the map does (a new
-                    // primary importing its first slot) runs scripts too, and
-                    // the NOSCRIPT that asked for this load may be its.
-                    shards.extend(lock(&self.redirected).iter().map(|(s, _)| Arc::clone(s)));
-                }
+            b"INFO" | b"SCRIPT" => {
                 let replies = futures::future::join_all(
-                    shards.iter().map(|s| self.on_connected(s, pick, cmd)),
+                    table.shards.iter().map(|s| self.on_connected(s, pick, cmd)),
                 )
                 .await;
                 let mut answered = Vec::new();
                 let mut first_error = None;
-                for (shard, reply) in shards.iter().zip(replies) {
+                for (shard, reply) in table.shards.iter().zip(replies) {
                     let Some(reply) = reply else {
-                        // Down or reconnecting: no reply to count, and a
-                        // script it lacks is loaded on its first NOSCRIPT.
+                        // Down or reconnecting: no reply to count. A script
+                        // it lacks is given to it on its first NOSCRIPT.
                         continue;
                     };
                     match reply {
@@ -651,13 +712,17 @@ impl Cluster {
                     (true, None) => Err(super::lane::io_error(
                         "no cluster primary is connected".to_owned(),
                     )),
-                    // A script must be on the shard whose NOSCRIPT asked for
-                    // it; which one that was is not known here.
-                    (false, Some(err)) if script => Err(err),
-                    _ if script => Ok(answered
-                        .into_iter()
-                        .next()
-                        .map_or(Value::Nil, |(_, value)| value)),
+                    // One node that took the script is enough: its body is
+                    // kept, and a node that missed it gets it on its first
+                    // NOSCRIPT, so a silent shard holds up nobody else.
+                    _ if script => {
+                        let sha = answered
+                            .into_iter()
+                            .next()
+                            .map_or(Value::Nil, |(_, value)| value);
+                        self.remember_script(cmd, &sha);
+                        Ok(sha)
+                    }
                     _ => Ok(Value::Map(answered)),
                 }
             }
@@ -796,7 +861,7 @@ impl Cluster {
         values: &mut [Value],
     ) {
         let redirected: Vec<usize> = (0..values.len())
-            .filter(|&i| redirect_of(&values[i]).is_some())
+            .filter(|&i| redirect_of(&values[i], "").is_some())
             .collect();
         if redirected.is_empty() {
             return;
@@ -814,8 +879,9 @@ impl Cluster {
     }
 
     /// `pipeline` as one write to the primary of `routing_key`'s slot, with
-    /// its own response timeout (for WAIT). Not retried: the caller treats
-    /// any failure as unconfirmed.
+    /// its own response timeout (for WAIT), following one MOVED or ASK of its
+    /// first command. Not retried otherwise: the caller treats any failure as
+    /// unconfirmed.
     pub(crate) async fn one_node_pipeline(
         self: &Arc<Self>,
         pick: usize,
@@ -823,7 +889,9 @@ impl Cluster {
         pipeline: &Pipeline,
         response_timeout: Duration,
     ) -> RedisResult<Vec<Value>> {
-        let shard = self.shard_of(key_slot(routing_key.as_bytes()))?;
+        let shard = self
+            .shard_of(key_slot(routing_key.as_bytes()))
+            .inspect_err(|_| self.refresh_soon())?;
         let count = pipeline.cmd_iter().count();
         let result = shard
             .lane(pick)
@@ -835,7 +903,33 @@ impl Cluster {
         {
             self.refresh_soon();
         }
-        result
+        // A first command answered MOVED or ASK did not run (what followed
+        // it ran on a node it was not meant for): the pipeline goes once to
+        // the node named, as one command would.
+        let redirect = match &result {
+            Ok(values) => values.first().and_then(|v| redirect_of(v, &shard.host)),
+            Err(_) => None,
+        };
+        match redirect {
+            Some(Redirect::Moved { host, port }) => {
+                self.shard_at(&host, port)?
+                    .lane(pick)
+                    .pipeline(pipeline, 0, count, Some(response_timeout))
+                    .await
+            }
+            Some(Redirect::Ask { host, port }) => {
+                let mut asked = redis::pipe();
+                asked.cmd("ASKING");
+                for cmd in pipeline.cmd_iter() {
+                    asked.add_command(cmd.clone());
+                }
+                self.shard_at(&host, port)?
+                    .lane(pick)
+                    .pipeline(&asked, 1, count, Some(response_timeout))
+                    .await
+            }
+            None => result,
+        }
     }
 
     /// Whether every primary of the map answers ROLE `master` on every
@@ -1051,20 +1145,27 @@ mod tests {
     #[test]
     fn redirects_are_read_from_the_error() {
         let parse = |text: &str| redis::parse_redis_value(text.as_bytes()).expect("a reply");
-        match redirect_of(&parse("-MOVED 3999 127.0.0.1:6381\r\n")) {
+        match redirect_of(&parse("-MOVED 3999 127.0.0.1:6381\r\n"), "10.0.0.1") {
             Some(Redirect::Moved { host, port }) => {
                 assert_eq!((host.as_str(), port), ("127.0.0.1", 6381))
             }
             other => panic!("MOVED read as {other:?}"),
         }
-        match redirect_of(&parse("-ASK 3999 10.0.0.2:7002\r\n")) {
+        match redirect_of(&parse("-ASK 3999 10.0.0.2:7002\r\n"), "10.0.0.1") {
             Some(Redirect::Ask { host, port }) => {
                 assert_eq!((host.as_str(), port), ("10.0.0.2", 7002))
             }
             _ => panic!("ASK not read"),
         }
-        assert!(redirect_of(&parse("-ERR nope\r\n")).is_none());
-        assert!(redirect_of(&parse("+OK\r\n")).is_none());
+        // An empty host is the answering node's.
+        match redirect_of(&parse("-MOVED 3999 :7001\r\n"), "10.0.0.1") {
+            Some(Redirect::Moved { host, port }) => {
+                assert_eq!((host.as_str(), port), ("10.0.0.1", 7001))
+            }
+            other => panic!("MOVED with an empty host read as {other:?}"),
+        }
+        assert!(redirect_of(&parse("-ERR nope\r\n"), "10.0.0.1").is_none());
+        assert!(redirect_of(&parse("+OK\r\n"), "10.0.0.1").is_none());
     }
 
     #[test]
