@@ -932,20 +932,42 @@ async fn check_eviction(lanes: &Lanes) -> Result<(), StoreError> {
                 .query_async::<Value>(&mut conn),
         )
         .await;
-    let policy = match reply.and_then(crate::flags::config_value) {
-        Ok(policy) => policy,
+    let policies = match reply.and_then(per_node_config) {
+        Ok(policies) => policies,
         Err(err) => {
             tracing::info!(error = %err, "cannot read maxmemory-policy; make sure redis never evicts lock state");
             return Ok(());
         }
     };
-    if policy.starts_with("allkeys") {
-        return Err(StoreError::Evicting { policy });
+    if let Some(policy) = policies.iter().find(|p| p.starts_with("allkeys")) {
+        return Err(StoreError::Evicting {
+            policy: policy.clone(),
+        });
     }
-    if policy.starts_with("volatile") {
+    if let Some(policy) = policies.iter().find(|p| p.starts_with("volatile")) {
         tracing::warn!(%policy, "redis may evict keys with an expiry: cancellations of timed-out acquires and ListHeld entries");
     }
     Ok(())
+}
+
+/// The value of a `CONFIG GET` of one parameter on every node it reached:
+/// one server's reply (an array, or a map in RESP3), or, on a Cluster, a
+/// map of node name to such a reply per primary.
+fn per_node_config(reply: Value) -> Result<Vec<String>, StoreError> {
+    match reply {
+        Value::Map(nodes)
+            if !nodes.is_empty()
+                && nodes
+                    .iter()
+                    .all(|(_, v)| matches!(v, Value::Map(_) | Value::Array(_))) =>
+        {
+            nodes
+                .into_iter()
+                .map(|(_, reply)| crate::flags::config_value(reply))
+                .collect()
+        }
+        one => Ok(vec![crate::flags::config_value(one)?]),
+    }
 }
 
 fn lease_reply(
@@ -1043,6 +1065,29 @@ fn unexpected(script: &'static str, status: &str) -> LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_values_come_from_one_server_or_every_cluster_primary() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = |v: &str| Value::Array(vec![bulk("maxmemory-policy"), bulk(v)]);
+        let resp3 = |v: &str| Value::Map(vec![(bulk("maxmemory-policy"), bulk(v))]);
+        assert_eq!(
+            per_node_config(resp2("noeviction")).unwrap(),
+            ["noeviction"]
+        );
+        assert_eq!(
+            per_node_config(resp3("noeviction")).unwrap(),
+            ["noeviction"]
+        );
+        let cluster = Value::Map(vec![
+            (bulk("10.0.0.1:7000"), resp3("noeviction")),
+            (bulk("10.0.0.2:7000"), resp2("allkeys-lru")),
+        ]);
+        assert_eq!(
+            per_node_config(cluster).unwrap(),
+            ["noeviction", "allkeys-lru"]
+        );
+    }
 
     #[test]
     fn run_ids_come_from_one_server_or_every_cluster_primary() {

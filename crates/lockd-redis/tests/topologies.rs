@@ -999,3 +999,33 @@ async fn cluster_confirms_a_grant_right_after_its_slot_moved() {
         .expect("a confirmed grant right after the move");
     assert!(again.fencing_token > lease.fencing_token);
 }
+
+/// An evicting `maxmemory-policy` on one Cluster primary of three is
+/// refused at start, as on a single server: every primary is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_one_evicting_primary_is_refused() {
+    let cluster = RedisCluster::start();
+    // Not the owner of slot 0, whose primary a keyless command would reach
+    // if only one were asked.
+    let evicting = cluster.primary_of(16383).unwrap();
+    assert_ne!(Some(evicting), cluster.primary_of(0));
+    for shard in cluster.shards() {
+        let policy = if shard.primary == evicting {
+            "allkeys-lru"
+        } else {
+            "noeviction"
+        };
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut node(shard.primary).await)
+            .await
+            .unwrap();
+    }
+    match RedisStore::connect(&options(&cluster.url())).await {
+        Err(StoreError::Evicting { policy }) => assert_eq!(policy, "allkeys-lru"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a store started on a cluster with an evicting primary"),
+    }
+}

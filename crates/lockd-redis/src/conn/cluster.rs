@@ -682,50 +682,15 @@ impl Cluster {
         if table.shards.is_empty() {
             return Err(unserved(0));
         }
-        match command_name(cmd).as_slice() {
-            b"INFO" | b"SCRIPT" => {
-                let replies = futures::future::join_all(
-                    table.shards.iter().map(|s| self.on_connected(s, pick, cmd)),
-                )
-                .await;
-                let mut answered = Vec::new();
-                let mut first_error = None;
-                for (shard, reply) in table.shards.iter().zip(replies) {
-                    let Some(reply) = reply else {
-                        // Down or reconnecting: no reply to count. A script
-                        // it lacks is given to it on its first NOSCRIPT.
-                        continue;
-                    };
-                    match reply {
-                        Ok(Value::ServerError(err)) => {
-                            first_error.get_or_insert_with(|| err.into());
-                        }
-                        Ok(value) => answered.push((Value::BulkString(shard.name().into()), value)),
-                        Err(err) => {
-                            first_error.get_or_insert(err);
-                        }
-                    }
-                }
-                let script = command_name(cmd) == b"SCRIPT";
-                match (answered.is_empty(), first_error) {
-                    (true, Some(err)) => Err(err),
-                    (true, None) => Err(super::lane::io_error(
-                        "no cluster primary is connected".to_owned(),
-                    )),
-                    // One node that took the script is enough: its body is
-                    // kept, and a node that missed it gets it on its first
-                    // NOSCRIPT, so a silent shard holds up nobody else.
-                    _ if script => {
-                        let sha = answered
-                            .into_iter()
-                            .next()
-                            .map_or(Value::Nil, |(_, value)| value);
-                        self.remember_script(cmd, &sha);
-                        Ok(sha)
-                    }
-                    _ => Ok(Value::Map(answered)),
-                }
-            }
+        let name = command_name(cmd);
+        // CONFIG GET of every primary, since one primary's setting (an
+        // evicting maxmemory-policy) says nothing of the others'.
+        let config_get = name == b"CONFIG"
+            && matches!(cmd.args_iter().nth(1),
+                Some(Arg::Simple(sub)) if sub.eq_ignore_ascii_case(b"GET"));
+        match name.as_slice() {
+            b"INFO" | b"SCRIPT" => self.fan_out(&table, pick, cmd).await,
+            _ if config_get => self.fan_out(&table, pick, cmd).await,
             _ => {
                 // Sent once, to a connected primary if there is one: after
                 // a failure nothing says it did not run.
@@ -736,6 +701,52 @@ impl Cluster {
                     .unwrap_or(&table.shards[0]);
                 shard.lane(pick).command(cmd).await
             }
+        }
+    }
+
+    /// `cmd` on every connected primary of `table`: SCRIPT answers the
+    /// first reply, others a map of node name to reply, of those that
+    /// answered; an error only if none did.
+    async fn fan_out(&self, table: &Table, pick: usize, cmd: &Cmd) -> RedisResult<Value> {
+        let replies =
+            futures::future::join_all(table.shards.iter().map(|s| self.on_connected(s, pick, cmd)))
+                .await;
+        let mut answered = Vec::new();
+        let mut first_error = None;
+        for (shard, reply) in table.shards.iter().zip(replies) {
+            let Some(reply) = reply else {
+                // Down or reconnecting: no reply to count. A script
+                // it lacks is given to it on its first NOSCRIPT.
+                continue;
+            };
+            match reply {
+                Ok(Value::ServerError(err)) => {
+                    first_error.get_or_insert_with(|| err.into());
+                }
+                Ok(value) => answered.push((Value::BulkString(shard.name().into()), value)),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let script = command_name(cmd) == b"SCRIPT";
+        match (answered.is_empty(), first_error) {
+            (true, Some(err)) => Err(err),
+            (true, None) => Err(super::lane::io_error(
+                "no cluster primary is connected".to_owned(),
+            )),
+            // One node that took the script is enough: its body is
+            // kept, and a node that missed it gets it on its first
+            // NOSCRIPT, so a silent shard holds up nobody else.
+            _ if script => {
+                let sha = answered
+                    .into_iter()
+                    .next()
+                    .map_or(Value::Nil, |(_, value)| value);
+                self.remember_script(cmd, &sha);
+                Ok(sha)
+            }
+            _ => Ok(Value::Map(answered)),
         }
     }
 
