@@ -480,6 +480,9 @@ impl Cluster {
     /// of primaries it still names.
     fn install(&self, reply: SlotsReply) -> Result<(), StoreError> {
         let old = self.table();
+        // Shards only a redirect named, unused for long, go with their
+        // connections (and their reconnecting, if the node is gone).
+        lock(&self.redirected).retain(|(_, used)| used.elapsed() < REDIRECT_SHARD_KEEP);
         let mut table = Table::empty();
         table.nodes = reply.nodes;
         for primary in reply.primaries {
