@@ -338,7 +338,7 @@ async fn open_redis(
     let notifier = redis.notifier(notices).await?.probing();
     // Without notifications every handoff between daemons waits for a
     // periodic sync: refuse to start rather than be silently slow.
-    match notifier.ensure_events().await? {
+    match notifier.ensure_events_patiently().await? {
         ConfigCheck::Unavailable(reason) => tracing::info!(
             %reason,
             "CONFIG is refused; a probe showed keyspace notifications arrive (evicted events cannot be probed)"

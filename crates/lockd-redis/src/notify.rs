@@ -25,8 +25,8 @@ use crate::keys::Namespace;
 /// keyspace notifications do not arrive.
 const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How many times a probe writes its key before it concludes that events do
-/// not arrive, when CONFIG showed the flags set. On a loaded machine an
+/// How many times a probe at start writes its key before it concludes that
+/// events do not arrive, when CONFIG showed the flags set. On a loaded machine an
 /// event has been seen to miss one round's patience although the flags were
 /// on; a server whose flags CONFIG cannot show gets one round, since missing
 /// flags are then the likely cause and the daemon should say so at once.
@@ -284,7 +284,20 @@ impl Notifier {
     ///
     /// The probe key lives in one slot, so on a cluster it proves the events
     /// of its own shard's primary; the others are checked through CONFIG.
+    /// One probe round: for checks while serving, which must not hold up
+    /// the health loop.
     pub async fn ensure_events(&self) -> Result<ConfigCheck, StoreError> {
+        self.ensure(1).await
+    }
+
+    /// [`Notifier::ensure_events`] for a daemon starting: when CONFIG showed
+    /// the flags on, up to [`PROBE_ROUNDS`] probe rounds before concluding
+    /// that events do not arrive, since concluding so stops the daemon.
+    pub async fn ensure_events_patiently(&self) -> Result<ConfigCheck, StoreError> {
+        self.ensure(PROBE_ROUNDS).await
+    }
+
+    async fn ensure(&self, rounds: u32) -> Result<ConfigCheck, StoreError> {
         let inner = &self.inner;
         inner.push.dropped.store(false, Ordering::Relaxed);
         inner.moved.store(false, Ordering::Relaxed);
@@ -318,7 +331,7 @@ impl Notifier {
         }
         let probe = inner.probe.lock().ok().and_then(|p| p.clone());
         if let Some(key) = probe {
-            inner.probe(&key, &check).await?;
+            inner.probe(&key, &check, rounds).await?;
         }
         if let Ok(mut last) = inner.run_ids.lock() {
             *last = run_ids;
@@ -575,7 +588,7 @@ impl Inner {
 
     /// Writes the probe key so that it produces one event per probed flag,
     /// and waits for those events on the subscription.
-    async fn probe(&self, key: &str, check: &ConfigCheck) -> Result<(), StoreError> {
+    async fn probe(&self, key: &str, check: &ConfigCheck, rounds: u32) -> Result<(), StoreError> {
         let mut events = self.probe_events.lock().await;
         // Late events of an earlier probe that gave up.
         while events.try_recv().is_ok() {}
@@ -589,7 +602,7 @@ impl Inner {
         let mut control = self.control.conn();
         let rounds = match check {
             ConfigCheck::Unavailable(_) => 1,
-            _ => PROBE_ROUNDS,
+            _ => rounds.max(1),
         };
         // Events arrive within milliseconds; on a loaded machine they may take
         // longer than one call's timeout, and a probe that gives up too soon

@@ -186,7 +186,7 @@ async fn sentinel_store_follows_a_killed_primary() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let notifier = store.notifier(tx).await.unwrap().probing();
     notifier
-        .ensure_events()
+        .ensure_events_patiently()
         .await
         .expect("keyspace events arrive");
     let first = acquire_until_granted(&store, "first").await;
@@ -351,7 +351,7 @@ async fn cluster_notices_come_from_every_shard_and_survive_a_failover() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let notifier = store.notifier(tx).await.unwrap().probing();
     notifier
-        .ensure_events()
+        .ensure_events_patiently()
         .await
         .expect("keyspace events arrive");
     let names: Vec<String> = (0..30).map(|i| format!("res-{i}")).collect();
