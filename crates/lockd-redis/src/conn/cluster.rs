@@ -461,6 +461,9 @@ impl Cluster {
         // takes the connection and then stalls must not hold up the others.
         while let Some(answer) = futures::StreamExt::next(&mut fresh).await {
             match answer {
+                // A node reset or not yet joined answers an empty map at
+                // once: the others are waited for.
+                Ok(view) if view.primaries.is_empty() => {}
                 Ok(view) => return Ok(view),
                 Err(err) => errors.push(err),
             }
@@ -1116,6 +1119,54 @@ fn parse_slots(value: &Value, answered: &str) -> Result<SlotsReply, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cluster_for_tests() -> Cluster {
+        let seed: ConnectionInfo = "redis://127.0.0.1:7000".parse().expect("a url");
+        Cluster {
+            seeds: vec![seed.clone()],
+            template: seed,
+            timeout: Duration::from_secs(1),
+            lanes_per_shard: 1,
+            table: RwLock::new(Arc::new(Table::empty())),
+            refreshed: tokio::sync::Mutex::new(None),
+            redirected: Mutex::new(Vec::new()),
+            failing: Mutex::new(Vec::new()),
+            scripts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn loaded_scripts_are_kept_for_the_evalsha_that_names_them() {
+        let cluster = cluster_for_tests();
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg("return 1");
+        // Redis answers the SHA1 in lowercase; an EVALSHA may name it in capitals.
+        cluster.remember_script(
+            &load,
+            &Value::BulkString(b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db".to_vec()),
+        );
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("E0E1F9FABFC9D4800C877A703B823AC0578FF8DB").arg(0);
+        assert_eq!(
+            cluster.script_body(&eval).as_deref(),
+            Some(&b"return 1"[..])
+        );
+        let mut other = redis::cmd("EVALSHA");
+        other.arg("0000000000000000000000000000000000000000").arg(0);
+        assert_eq!(cluster.script_body(&other), None);
+        // Only LOAD is kept, and only an answered SHA.
+        let mut flush = redis::cmd("SCRIPT");
+        flush.arg("FLUSH");
+        cluster.remember_script(&flush, &Value::Okay);
+        let mut unanswered = redis::cmd("SCRIPT");
+        unanswered.arg("LOAD").arg("return 2");
+        cluster.remember_script(&unanswered, &Value::Nil);
+        assert_eq!(lock(&cluster.scripts).len(), 1);
+        // EVAL carries its body itself.
+        let mut eval_text = redis::cmd("EVAL");
+        eval_text.arg("return 1").arg(0);
+        assert_eq!(cluster.script_body(&eval_text), None);
+    }
 
     #[test]
     fn keys_hash_to_the_slots_redis_gives_them() {
