@@ -39,6 +39,12 @@ const CALLER: Caller<'static> = Caller {
 };
 
 async fn acquire(store: &RedisStore, resource: &str) -> Result<Lease, LockError> {
+    acquire_as(store, resource, &LockId::generate(resource).secret).await
+}
+
+/// [`acquire`] with a given lease secret: a retry with the same secret
+/// finds a grant that an earlier try made but could not confirm.
+async fn acquire_as(store: &RedisStore, resource: &str, secret: &str) -> Result<Lease, LockError> {
     let spec = AcquireSpec {
         resource: resource.to_owned(),
         mode: LockMode::Exclusive,
@@ -47,8 +53,7 @@ async fn acquire(store: &RedisStore, resource: &str) -> Result<Lease, LockError>
         client_id: "topologies".to_owned(),
         max_renewals: 0,
     };
-    let secret = LockId::generate(resource).secret;
-    match store.acquire(&spec, &secret, &CALLER, 100).await.0 {
+    match store.acquire(&spec, secret, &CALLER, 100).await.0 {
         Ok(AcquireOutcome::Granted(lease)) => Ok(lease),
         Ok(other) => panic!("acquiring fresh resource {resource} answered {other:?}"),
         Err(err) => Err(err),
@@ -766,10 +771,14 @@ async fn a_sentinel_promotion_quarantines_new_grants_but_not_renewals() {
     let old = group.primary_addr();
     group.kill_primary();
     group.wait_for_failover(old);
+    // One secret for every try on the fresh resource, as a client retrying
+    // should: a try granted but not confirmed in time (the replica is still
+    // attaching to the new primary) stands, and the next try finds it.
+    let fresh = LockId::generate("fresh").secret;
     // The first answer from the new primary starts its quarantine.
     let deadline = Instant::now() + FOLLOW;
     let refused_at = loop {
-        match acquire(&store, "fresh").await {
+        match acquire_as(&store, "fresh", &fresh).await {
             Err(LockError::Unavailable(why)) if why.contains("--failover-quarantine") => {
                 break Instant::now();
             }
@@ -790,12 +799,12 @@ async fn a_sentinel_promotion_quarantines_new_grants_but_not_renewals() {
         }
     };
     assert_eq!(renewed.fencing_token, held.fencing_token);
-    match acquire(&store, "fresh").await {
+    match acquire_as(&store, "fresh", &fresh).await {
         Err(LockError::Unavailable(why)) => assert!(why.contains("--failover-quarantine")),
         other => panic!("a fresh resource beside the renewal answered {other:?}"),
     }
     let granted = loop {
-        match acquire(&store, "fresh").await {
+        match acquire_as(&store, "fresh", &fresh).await {
             Ok(lease) => break lease,
             Err(LockError::Unavailable(_)) if refused_at.elapsed() < QUARANTINE * 3 => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
