@@ -101,6 +101,16 @@ async fn released_then_granted_higher(store: &RedisStore, lock: &LockId, lease: 
     assert!(next.fencing_token > lease.fencing_token);
 }
 
+/// A primary of `cluster` other than `than`.
+fn another_primary(cluster: &RedisCluster, than: SocketAddr) -> SocketAddr {
+    cluster
+        .shards()
+        .iter()
+        .map(|s| s.primary)
+        .find(|p| *p != than)
+        .expect("a cluster of more than one primary")
+}
+
 /// A direct async connection to one node, for looking at keys.
 async fn node(addr: SocketAddr) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://{addr}"))
@@ -477,12 +487,7 @@ async fn cluster_follows_a_slot_moved_to_another_primary_while_a_lease_is_held()
         .await
         .unwrap();
     let from = cluster.primary_of(slot).unwrap();
-    let to = cluster
-        .shards()
-        .iter()
-        .map(|s| s.primary)
-        .find(|p| *p != from)
-        .unwrap();
+    let to = another_primary(&cluster, from);
     let renew = async |what: &str| {
         let renewed = store.renew(&lock, "topologies", None, &CALLER).await.0;
         let renewed = renewed.unwrap_or_else(|err| panic!("renewal {what}: {err:?}"));
@@ -994,12 +999,7 @@ async fn cluster_confirms_a_grant_right_after_its_slot_moved() {
     let key = store.namespace().resource("confirmed").holders;
     let slot = lockd_redis::conn::key_slot(key.as_bytes());
     let from = cluster.primary_of(slot).unwrap();
-    let to = cluster
-        .shards()
-        .iter()
-        .map(|s| s.primary)
-        .find(|p| *p != from)
-        .unwrap();
+    let to = another_primary(&cluster, from);
     cluster.begin_slot_move(slot, to);
     cluster.migrate_keys(slot, to);
     cluster.finish_slot_move(slot, to);

@@ -139,11 +139,7 @@ impl RedisCluster {
                 self.shards()
             )
         });
-        self.nodes
-            .iter_mut()
-            .find(|n| n.addr() == primary)
-            .unwrap_or_else(|| panic!("the cluster names {primary}, which is not one of its nodes"))
-            .kill();
+        self.node_mut(primary).kill();
         primary
     }
 
@@ -190,11 +186,7 @@ impl RedisCluster {
 
     /// kill -9 of the node at `addr`, whatever its role.
     pub fn kill_node(&mut self, addr: SocketAddr) {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.addr() == addr)
-            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
-            .kill();
+        self.node_mut(addr).kill();
     }
 
     /// `cluster-require-full-coverage` on every live node: with `yes`, a
@@ -218,11 +210,7 @@ impl RedisCluster {
     pub fn wait_failed(&self) {
         let failed = wait::until(FAILOVER_TIMEOUT, || {
             self.live()
-                .all(|n| {
-                    probe(n.addr())
-                        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
-                        .is_ok_and(|text| text.contains("cluster_state:fail"))
-                })
+                .all(|n| cluster_info(n.addr()).is_some_and(|t| t.contains("cluster_state:fail")))
                 .then_some(())
         });
         assert!(
@@ -234,11 +222,14 @@ impl RedisCluster {
     /// Starts the killed node at `addr` again with its data folder; it
     /// rejoins the cluster (as a replica, once another node took its slots).
     pub fn restart_node(&mut self, addr: SocketAddr) {
+        self.node_mut(addr).restart();
+    }
+
+    fn node_mut(&mut self, addr: SocketAddr) -> &mut RedisServer {
         self.nodes
             .iter_mut()
             .find(|n| n.addr() == addr)
             .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
-            .restart();
     }
 
     /// Waits until every live node sees a primary other than `old` serving
@@ -364,10 +355,7 @@ impl RedisCluster {
 
     fn everyone_ok(&self) -> bool {
         self.live().all(|n| {
-            let info: Option<String> = probe(n.addr())
-                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
-                .ok();
-            info.is_some_and(|text| {
+            cluster_info(n.addr()).is_some_and(|text| {
                 text.contains("cluster_state:ok")
                     && text.contains(&format!("cluster_slots_assigned:{SLOTS}"))
             })
@@ -435,6 +423,13 @@ fn setslot(addr: SocketAddr, slot: u16, how: &[&str]) {
         .arg(how)
         .query(&mut c)
         .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how:?} on {addr}: {e}"));
+}
+
+/// `CLUSTER INFO` of the node at `addr`.
+fn cluster_info(addr: SocketAddr) -> Option<String> {
+    probe(addr)
+        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+        .ok()
 }
 
 /// `CLUSTER NODES` of the node at `addr`.

@@ -287,6 +287,22 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// No map yet, no connection; `seeds` is not empty (the URL parser
+    /// makes sure).
+    fn new(seeds: &[ConnectionInfo], timeout: Duration, lanes_per_shard: usize) -> Cluster {
+        Cluster {
+            seeds: seeds.to_vec(),
+            template: seeds[0].clone(),
+            timeout,
+            lanes_per_shard: lanes_per_shard.max(1),
+            table: RwLock::new(Arc::new(Table::empty())),
+            refreshed: tokio::sync::Mutex::new(None),
+            redirected: Mutex::new(Vec::new()),
+            failing: Mutex::new(Vec::new()),
+            scripts: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Reads the slot map from a seed and connects to every primary in it.
     /// Fails if no seed answers, or no primary takes a connection (a wrong
     /// password fails here, not at the first lock call); a primary that is
@@ -296,17 +312,7 @@ impl Cluster {
         timeout: Duration,
         lanes_per_shard: usize,
     ) -> Result<Arc<Cluster>, StoreError> {
-        let cluster = Arc::new(Cluster {
-            seeds: target.seeds.clone(),
-            template: target.seeds[0].clone(),
-            timeout,
-            lanes_per_shard: lanes_per_shard.max(1),
-            table: RwLock::new(Arc::new(Table::empty())),
-            refreshed: tokio::sync::Mutex::new(None),
-            redirected: Mutex::new(Vec::new()),
-            failing: Mutex::new(Vec::new()),
-            scripts: Mutex::new(HashMap::new()),
-        });
+        let cluster = Arc::new(Cluster::new(&target.seeds, timeout, lanes_per_shard));
         cluster.refresh(Duration::ZERO).await?;
         let table = cluster.table();
         if table.shards.is_empty() {
@@ -688,15 +694,13 @@ impl Cluster {
         if table.shards.is_empty() {
             return Err(unserved(0));
         }
-        let name = command_name(cmd);
-        // CONFIG GET of every primary, since one primary's setting (an
-        // evicting maxmemory-policy) says nothing of the others'.
-        let config_get = name == b"CONFIG"
-            && matches!(cmd.args_iter().nth(1),
-                Some(Arg::Simple(sub)) if sub.eq_ignore_ascii_case(b"GET"));
-        match name.as_slice() {
+        let get = matches!(cmd.args_iter().nth(1),
+            Some(Arg::Simple(sub)) if sub.eq_ignore_ascii_case(b"GET"));
+        match command_name(cmd).as_slice() {
+            // CONFIG GET of every primary, since one primary's setting (an
+            // evicting maxmemory-policy) says nothing of the others'.
             b"INFO" | b"SCRIPT" => self.fan_out(&table, pick, cmd).await,
-            _ if config_get => self.fan_out(&table, pick, cmd).await,
+            b"CONFIG" if get => self.fan_out(&table, pick, cmd).await,
             _ => {
                 // Sent once, to a connected primary if there is one: after
                 // a failure nothing says it did not run.
@@ -1120,24 +1124,10 @@ fn parse_slots(value: &Value, answered: &str) -> Result<SlotsReply, StoreError> 
 mod tests {
     use super::*;
 
-    fn cluster_for_tests() -> Cluster {
-        let seed: ConnectionInfo = "redis://127.0.0.1:7000".parse().expect("a url");
-        Cluster {
-            seeds: vec![seed.clone()],
-            template: seed,
-            timeout: Duration::from_secs(1),
-            lanes_per_shard: 1,
-            table: RwLock::new(Arc::new(Table::empty())),
-            refreshed: tokio::sync::Mutex::new(None),
-            redirected: Mutex::new(Vec::new()),
-            failing: Mutex::new(Vec::new()),
-            scripts: Mutex::new(HashMap::new()),
-        }
-    }
-
     #[test]
     fn loaded_scripts_are_kept_for_the_evalsha_that_names_them() {
-        let cluster = cluster_for_tests();
+        let seed: ConnectionInfo = "redis://127.0.0.1:7000".parse().expect("a url");
+        let cluster = Cluster::new(&[seed], Duration::from_secs(1), 1);
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg("return 1");
         // Redis answers the SHA1 in lowercase; an EVALSHA may name it in capitals.
