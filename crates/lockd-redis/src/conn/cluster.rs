@@ -110,7 +110,7 @@ enum Redirect {
 
 /// `answered` is the host of the node that replied: Redis names a node whose
 /// endpoint it does not know with an empty host (`MOVED 3999 :7001`), which
-/// means that node's own host.
+/// means that node's own host; `?` is no redirect to follow.
 fn redirect_of(value: &Value, answered: &str) -> Option<Redirect> {
     let Value::ServerError(err) = value else {
         return None;
@@ -121,7 +121,13 @@ fn redirect_of(value: &Value, answered: &str) -> Option<Redirect> {
     }
     let target = err.details()?.split_ascii_whitespace().nth(1)?;
     let (host, port) = target.rsplit_once(':')?;
-    let host = if host.is_empty() { answered } else { host };
+    let host = match host {
+        "" => answered,
+        // A node whose endpoint is unknown, as in CLUSTER SLOTS: nothing to
+        // connect to; the map is read again instead.
+        "?" => return None,
+        host => host,
+    };
     let (host, port) = (host.to_owned(), port.parse().ok()?);
     Some(match kind {
         ServerErrorKind::Moved => Redirect::Moved { host, port },
@@ -1219,6 +1225,7 @@ mod tests {
             }
             other => panic!("MOVED with an empty host read as {other:?}"),
         }
+        assert!(redirect_of(&parse("-MOVED 3999 ?:7001\r\n"), "10.0.0.1").is_none());
         assert!(redirect_of(&parse("-ERR nope\r\n"), "10.0.0.1").is_none());
         assert!(redirect_of(&parse("+OK\r\n"), "10.0.0.1").is_none());
     }
