@@ -42,3 +42,6 @@ cargo test --workspace 2>&1 | tee "$log"
 # with no doc tests ("0 passed").
 awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo test: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+
+echo "== lockd-chaos --quick: faults injected under load, the history checked"
+target/debug/lockd-chaos --quick --lockd target/debug/lockd --json target/chaos-quick.json

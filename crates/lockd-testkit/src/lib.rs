@@ -38,6 +38,6 @@ pub use ids::{free_port, try_free_port, unique};
 pub use lockd::{Lockd, LockdCommand, lockd_bin};
 pub use paths::{TempDir, program, target_dir, workspace_root};
 pub use process::ChildProcess;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, faketime_preload};
 pub use sentinel::SentinelGroup;
 pub use tls::SelfSigned;

@@ -77,6 +77,16 @@ impl Lockd {
     pub fn terminate(&mut self) -> ExitStatus {
         self.process.terminate()
     }
+
+    /// Freezes the daemon (SIGSTOP), as a long pause of its host would.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// SIGCONT after [`Lockd::pause`].
+    pub fn resume(&self) {
+        self.process.resume();
+    }
 }
 
 impl LockdCommand {

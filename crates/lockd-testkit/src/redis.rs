@@ -62,15 +62,8 @@ impl RedisServer {
     /// libfaketime. Its monotonic clock is left alone so that Redis' own
     /// timers keep working.
     pub fn start_with_clock_offset(offset_secs: i64, extra: &[&str]) -> RedisServer {
-        let (faketime, libc) = faketime_libraries();
-        // Debian's redis-server hangs at start under libfaketime alone: its
-        // jemalloc and libfaketime recurse into each other's initialisation.
-        // Preloading glibc after libfaketime makes it use glibc's malloc.
         let env = vec![
-            (
-                "LD_PRELOAD".to_string(),
-                format!("{}:{}", faketime.display(), libc.display()),
-            ),
+            ("LD_PRELOAD".to_string(), faketime_preload()),
             ("FAKETIME".to_string(), format!("{offset_secs:+}")),
             ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
         ];
@@ -303,6 +296,16 @@ pub(crate) fn info_field(addr: SocketAddr, section: &str, field: &str) -> Option
 
 /// libfaketime and the glibc to preload after it, from the multiarch folders
 /// Debian installs them in.
+/// The `LD_PRELOAD` value that runs a program under libfaketime. Debian's
+/// redis-server hangs at start under libfaketime alone: its jemalloc and
+/// libfaketime recurse into each other's initialisation. Preloading glibc
+/// after libfaketime makes it use glibc's malloc. Panics if libfaketime is
+/// not installed.
+pub fn faketime_preload() -> String {
+    let (faketime, libc) = faketime_libraries();
+    format!("{}:{}", faketime.display(), libc.display())
+}
+
 fn faketime_libraries() -> (PathBuf, PathBuf) {
     let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
     let find = |candidates: &[String]| candidates.iter().map(PathBuf::from).find(|p| p.is_file());
